@@ -1,0 +1,102 @@
+"""The one small storage interface dropgpu needs, shared by every backend.
+
+Only the job runner, the tick and the CLI talk to a bucket; handlers never do.
+All methods are async so the tick can list route prefixes in parallel.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    etag: str  # without the surrounding quotes S3 puts on the wire
+    size: int
+    last_modified: datetime  # timezone-aware UTC
+
+
+@dataclass(slots=True)
+class Listing:
+    objects: list[ObjectInfo]
+    # The store's own clock when the listing was taken. Lease and settle ages are
+    # measured against it, so a skewed local clock cannot expire a live lease.
+    server_time: datetime
+    requests: int = 1
+
+
+@dataclass(slots=True)
+class RequestStats:
+    """Counts of requests by operation ("list", "get", "head", "put", "delete", ...)."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def add(self, op: str, n: int = 1) -> None:
+        self.counts[op] += n
+
+
+class Bucket(abc.ABC):
+    """A flat key space with create-if-absent. Keys are UTF-8 strings."""
+
+    url: str
+    stats: RequestStats
+
+    @abc.abstractmethod
+    async def list(self, prefix: str) -> Listing:
+        """Every object whose key starts with ``prefix`` (all pages), sorted by key."""
+
+    @abc.abstractmethod
+    async def get_to_file(self, key: str, dest: Path, *, if_match: str | None = None) -> ObjectInfo:
+        """Stream an object into ``dest``.
+
+        Raises ObjectNotFound, or PreconditionFailed when ``if_match`` is given and
+        the object's current ETag differs (a newer version replaced it).
+        """
+
+    @abc.abstractmethod
+    async def get_bytes(self, key: str) -> bytes:
+        """A small object's body. Raises ObjectNotFound."""
+
+    @abc.abstractmethod
+    async def put_file(self, key: str, src: Path, *, content_type: str) -> str:
+        """Upload a file (multipart above a threshold); returns the new ETag."""
+
+    @abc.abstractmethod
+    async def put_bytes(
+        self, key: str, body: bytes, *, content_type: str = "application/json"
+    ) -> str:
+        """Create or replace a small object; returns the new ETag."""
+
+    @abc.abstractmethod
+    async def create_if_absent(
+        self, key: str, body: bytes, *, content_type: str = "application/json"
+    ) -> bool:
+        """Create ``key`` only if no object exists there.
+
+        Returns True when this call created it, False when it already existed
+        (HTTP 412). Exactly one of many concurrent callers may see True.
+        """
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Delete ``key``; deleting a missing key is not an error."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    async def __aenter__(self) -> Bucket:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
