@@ -1,0 +1,426 @@
+"""The one place dropgpu runs ffmpeg (DESIGN §8).
+
+Every handler builds an argument list and calls :func:`run_ffmpeg`, which:
+
+- runs the binary from :func:`gpu.ffmpeg_binary.ffmpeg_exe` as an argv list (never
+  a shell) with ``-nostdin -hide_banner -y``;
+- makes sure every real input is a ``file:`` URL opened under
+  ``-protocol_whitelist file`` (a per-input option, so it goes before each ``-i``);
+  :func:`input_args` also restricts the demuxer to plain audio/video containers,
+  because ffmpeg picks the demuxer from the *content*: a text file named
+  ``clip.mp4`` that starts ``ffconcat version 1.0`` would otherwise be opened as a
+  playlist of other local files;
+- reads ``-progress pipe:1`` for the current output time and reports it;
+- drains stderr on a thread into bounded buffers so a chatty ffmpeg never blocks;
+- kills the process at the timeout/deadline;
+- turns a failure into :class:`InputError` when stderr says the *input* is bad,
+  else :class:`MediaToolError` (retried), with the readable part of stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal
+
+import structlog
+
+from gpu.ffmpeg_binary import ffmpeg_exe
+from handlers.exceptions import HandlerError, InputError, MediaToolError
+
+log = structlog.get_logger(__name__)
+
+# Demuxers that read one self-contained audio/video file. Excluded on purpose:
+# concat/hls/dash/image2 (they open other files or glob), network/device inputs,
+# subtitle and data formats. Names match ffmpeg's demuxer names
+# ("mov" covers mp4/m4a/3gp, "matroska" covers webm, "asf" is wmv, "mpeg" is .mpg/.vob).
+SAFE_DEMUXERS: tuple[str, ...] = (
+    "mov", "matroska", "webm", "avi", "mpegts", "mpeg", "mpegvideo", "asf", "flv",
+    "live_flv", "nut", "mxf", "dv", "ivf", "obu", "av1", "h264", "hevc", "m4v", "vc1",
+    "yuv4mpegpipe", "gif", "wav", "w64", "aiff", "caf", "au", "mp3", "aac", "loas",
+    "ac3", "eac3", "dts", "dtshd", "truehd", "mlp", "flac", "ogg", "wv", "ape", "tta",
+    "tak", "mpc", "mpc8", "amr", "amrnb", "amrwb", "oma", "xwma", "dsf", "rm", "wtv",
+)  # fmt: skip
+
+# Stream-copy/decoding stats are off; progress comes from -progress instead.
+_FORCED_FLAGS = ("-nostdin", "-hide_banner", "-y", "-nostats")
+_DROP_FLAGS = frozenset({"-nostdin", "-hide_banner", "-y", "-n", "-nostats", "-stats"})
+_TAIL_LINES = 200
+_HEAD_LINES = 5000  # the probe parses the *start* of stderr (stream list)
+_MAX_LINE = 4000
+_POLL_S = 0.25
+
+
+@dataclass(slots=True)
+class FfmpegResult:
+    argv: list[str]
+    returncode: int
+    elapsed_s: float
+    stderr_head: list[str]  # the first lines of stderr (bounded): the probe parses these
+    stderr_rest: list[str]  # the last lines after the head (bounded)
+    out_time_s: float | None = None  # last output timestamp reported by -progress
+    stderr_truncated: bool = False  # lines were dropped between head and rest
+
+    @property
+    def stderr_tail(self) -> list[str]:
+        """The last lines of stderr (up to 200), wherever they were kept."""
+        return [*self.stderr_head, *self.stderr_rest][-_TAIL_LINES:]
+
+    @property
+    def stderr_lines(self) -> list[str]:
+        """Every kept line in order; ``"..."`` marks where lines were dropped."""
+        gap = ["..."] if self.stderr_truncated else []
+        return [*self.stderr_head, *gap, *self.stderr_rest]
+
+
+class FfmpegTimeoutError(MediaToolError):
+    """ffmpeg ran past its timeout or the job deadline and was killed."""
+
+
+def file_url(path: Path | str) -> str:
+    """``file:<absolute path>``: no other protocol, and a name like ``a:b.mp4`` stays a file."""
+    return f"file:{Path(path).absolute()}"
+
+
+def input_args(
+    path: Path | str,
+    *,
+    format_whitelist: Sequence[str] | None = SAFE_DEMUXERS,
+    options: Sequence[str] = (),
+) -> list[str]:
+    """The options and ``-i`` for one local input file; ``options`` go before ``-i`` too."""
+    args = [*options, "-protocol_whitelist", "file"]
+    if format_whitelist:
+        args += ["-format_whitelist", ",".join(format_whitelist)]
+    return [*args, "-i", file_url(path)]
+
+
+def harden_args(args: Sequence[str]) -> list[str]:
+    """The full argv: binary, forced flags, and a protocol whitelist before every ``-i``.
+
+    Raises ``ValueError`` for an input that is neither a ``file:`` URL nor a lavfi
+    graph: that is a programming error, not a bad input.
+    """
+    args = list(args)
+    if args and not args[0].startswith("-"):
+        first = os.path.basename(args[0])
+        if first.startswith("ffmpeg") or args[0] == ffmpeg_exe():
+            args = args[1:]  # ffmpeg.compile() output includes the command
+    if "-progress" in args:
+        raise ValueError("run_ffmpeg owns -progress; do not pass it")
+    out: list[str] = [ffmpeg_exe(), *_FORCED_FLAGS, "-progress", "pipe:1"]
+    group_start = len(out)  # options since the previous file belong to the next one
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in _DROP_FLAGS:
+            i += 1
+            continue
+        if arg == "-i":
+            if i + 1 >= len(args):
+                raise ValueError("-i without a value")
+            target = args[i + 1]
+            group = out[group_start:]
+            lavfi = any(group[j] == "-f" and group[j + 1] == "lavfi" for j in range(len(group) - 1))
+            if not lavfi:
+                if not target.startswith("file:"):
+                    raise ValueError(f"ffmpeg input must be a file: URL (use input_args): {target}")
+                if "-protocol_whitelist" not in group:
+                    out += ["-protocol_whitelist", "file"]
+            out += ["-i", target]
+            group_start = len(out)
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+class _StderrCollector:
+    """Keeps the first and the last lines of a stream; never blocks the writer."""
+
+    def __init__(self) -> None:
+        self.head: list[str] = []
+        self.tail: deque[str] = deque(maxlen=_TAIL_LINES)
+        self.dropped = False
+
+    def add(self, line: str) -> None:
+        line = line[:_MAX_LINE]
+        if len(self.head) < _HEAD_LINES:
+            self.head.append(line)
+            return
+        if len(self.tail) == self.tail.maxlen:
+            self.dropped = True
+        self.tail.append(line)
+
+    def drain(self, stream: IO[bytes]) -> None:
+        pending = ""
+        # read1 returns what is there now, so a line-less flood cannot stall us.
+        while chunk := stream.read1(65536):  # type: ignore[attr-defined]
+            pending += chunk.decode("utf-8", "replace")
+            *lines, pending = re.split(r"\r\n|\r|\n", pending)
+            for line in lines:
+                self.add(line)
+            if len(pending) > _MAX_LINE:  # a line without end: keep its start
+                self.add(pending)
+                pending = ""
+        if pending:
+            self.add(pending)
+        stream.close()
+
+
+class _ProgressReader:
+    def __init__(self) -> None:
+        self.out_time_s: float | None = None
+        self.ended = False
+
+    def drain(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            key, _, value = raw.decode("utf-8", "replace").strip().partition("=")
+            # out_time_ms is (historically) also microseconds; prefer out_time_us.
+            if key in ("out_time_us", "out_time_ms"):
+                try:
+                    us = int(value)
+                except ValueError:
+                    continue  # "N/A" before the first packet
+                if us >= 0:
+                    self.out_time_s = us / 1_000_000
+            elif key == "progress" and value == "end":
+                self.ended = True
+        stream.close()
+
+
+def run_ffmpeg(
+    args: list[str],
+    *,
+    deadline: float | None,
+    timeout: float | None = None,
+    progress: Callable[[float], None] | None = None,
+    duration_s: float | None = None,
+    check: bool = True,
+) -> FfmpegResult:
+    """Run ffmpeg with ``args`` (no binary; see :func:`harden_args`) and wait for it.
+
+    ``deadline`` is a ``time.monotonic()`` value; ``timeout`` seconds from now; the
+    earlier wins. ``progress(fraction)`` is called on this thread when
+    ``duration_s`` is known. With ``check`` a non-zero exit raises
+    (:class:`InputError` or :class:`MediaToolError`); a timeout always raises
+    :class:`FfmpegTimeoutError`.
+    """
+    argv = harden_args(args)
+    started = time.monotonic()
+    limit = _limit(started, deadline, timeout)
+    if limit is not None and limit <= 0:
+        raise FfmpegTimeoutError("ffmpeg not started: the job deadline has already passed")
+    log.debug("ffmpeg_start", argv=argv, limit_s=limit)
+
+    env = {**os.environ, "AV_LOG_FORCE_NOCOLOR": "1"}
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
+    except OSError as exc:
+        raise MediaToolError(f"could not start ffmpeg ({argv[0]}): {exc}") from exc
+
+    errors = _StderrCollector()
+    prog = _ProgressReader()
+    assert proc.stdout is not None and proc.stderr is not None
+    threads = [
+        threading.Thread(target=errors.drain, args=(proc.stderr,), daemon=True),
+        threading.Thread(target=prog.drain, args=(proc.stdout,), daemon=True),
+    ]
+    for t in threads:
+        t.start()
+
+    timed_out = False
+    reported: float | None = None
+    try:
+        while True:
+            try:
+                proc.wait(timeout=_POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if limit is not None and time.monotonic() - started > limit:
+                timed_out = True
+                break
+            if progress and duration_s and prog.out_time_s is not None:
+                fraction = min(1.0, max(0.0, prog.out_time_s / duration_s))
+                # out_time can step back between reports (several output streams):
+                # a heartbeat should only move forward.
+                if reported is None or fraction > reported:
+                    reported = fraction
+                    progress(fraction)
+    finally:
+        if proc.poll() is None:  # timeout, or the progress callback raised
+            proc.kill()
+        proc.wait()
+        for t in threads:
+            t.join(timeout=5)
+
+    elapsed = time.monotonic() - started
+    result = FfmpegResult(
+        argv=argv,
+        returncode=proc.returncode,
+        elapsed_s=elapsed,
+        stderr_head=errors.head,
+        stderr_rest=list(errors.tail),
+        out_time_s=prog.out_time_s,
+        stderr_truncated=errors.dropped,
+    )
+    if timed_out:
+        log.warning("ffmpeg_timeout", limit_s=round(limit or 0, 1), argv=argv)
+        raise FfmpegTimeoutError(
+            f"ffmpeg timed out after {limit:.1f} s and was killed"
+            + (" (job deadline)" if _deadline_bound(started, deadline, timeout) else "")
+        )
+    log.debug("ffmpeg_done", returncode=proc.returncode, elapsed_s=round(elapsed, 3))
+    if check and proc.returncode != 0:
+        raise failure_error(proc.returncode, result.stderr_lines)
+    if progress and duration_s and proc.returncode == 0 and reported != 1.0:
+        progress(1.0)
+    return result
+
+
+def _limit(now: float, deadline: float | None, timeout: float | None) -> float | None:
+    limits = [x for x in (timeout, None if deadline is None else deadline - now) if x is not None]
+    return min(limits) if limits else None
+
+
+def _deadline_bound(now: float, deadline: float | None, timeout: float | None) -> bool:
+    return deadline is not None and (timeout is None or deadline - now <= timeout)
+
+
+# --- classifying failures -------------------------------------------------------
+
+# Not the input's fault: checked first, because a failed encoder also prints
+# input-sounding consequences ("Nothing was written into output file").
+_TOOL_PATTERNS: tuple[str, ...] = (
+    "cannot load libcuda",
+    "cannot load libnvidia",
+    "no capable devices found",
+    "openencodesessionex failed",
+    "device creation failed",
+    "error while opening encoder",
+    "unknown encoder",
+    "no such filter",
+    "out of memory",
+    "cannot allocate memory",
+    "no space left on device",
+    "permission denied",
+    "hardware device setup failed",
+)
+
+# (lower-case substring, readable summary). Most specific first.
+_INPUT_PATTERNS: tuple[tuple[str, str], ...] = (
+    (
+        "format not on whitelist",
+        "not a plain audio/video file: its format (e.g. a playlist) is not accepted",
+    ),
+    # ffmpeg guessed the container from the file name alone: the bytes are not media.
+    (
+        "misdetection possible",
+        "the content is not a recognised media format (only the file name suggests one)",
+    ),
+    (
+        "moov atom not found",
+        "the MP4/MOV index (moov atom) is missing: the file is truncated or was never finished",
+    ),
+    ("ebml header parsing failed", "not a valid Matroska/WebM file"),
+    ("not on whitelist", "the file refers to other files or URLs, which is not allowed"),
+    ("protocol not found", "the file refers to other files or URLs, which is not allowed"),
+    (
+        "could not find codec parameters",
+        "ffmpeg could not read the stream parameters (corrupt file or unsupported codec)",
+    ),
+    ("does not contain any stream", "the file has no audio or video streams"),
+    ("matches no streams", "the file lacks the kind of stream this route needs"),
+    ("decoder (codec", "the file uses a codec this ffmpeg cannot decode"),
+    ("no decoder found", "the file uses a codec this ffmpeg cannot decode"),
+    ("unsupported codec", "the file uses a codec this ffmpeg cannot decode"),
+    ("error opening input: end of file", "the file ends before any media data (truncated)"),
+    (
+        "error opening input: invalid argument",
+        "not a plain audio/video file (its container format is not accepted)",
+    ),
+    ("invalid data found when processing input", "the data is not a media format ffmpeg reads"),
+    ("error while decoding", "the media data is corrupt (decoding failed)"),
+    ("invalid nal unit size", "the media data is corrupt (decoding failed)"),
+    ("partial file", "the file is truncated"),
+    ("packet corrupt", "the media data is corrupt"),
+)
+
+# Lines that add nothing to a message (progress, banners, consequences).
+_NOISE = re.compile(
+    r"^(error opening input files?|error opening output files?|conversion failed|"
+    r"exiting normally|at least one output file|press \[q\]|stream mapping|input #|output #)",
+    re.IGNORECASE,
+)
+_CONTEXT_PREFIX = re.compile(r"^\s*\[[^\]]*\]\s*")
+
+
+@dataclass(frozen=True, slots=True)
+class FfmpegFailure:
+    kind: Literal["input", "tool"]
+    summary: str  # readable, one line
+    detail: str  # the stderr line that says it, cleaned
+    tail: list[str] = field(default_factory=list)
+
+
+def clean_line(line: str) -> str:
+    """Drop ``[in#0 @ 0x...]`` context prefixes and whitespace."""
+    prev = None
+    line = line.strip()
+    while prev != line:
+        prev, line = line, _CONTEXT_PREFIX.sub("", line, count=1).strip()
+    return line
+
+
+def meaningful_lines(lines: Sequence[str]) -> list[str]:
+    # Indented lines are ffmpeg's info dump (Metadata, Duration, Stream #...), not errors.
+    cleaned = (clean_line(ln) for ln in lines if not ln.startswith("  "))
+    return [ln for ln in cleaned if ln and ln != "..." and not _NOISE.match(ln)]
+
+
+def classify_failure(lines: Sequence[str]) -> FfmpegFailure:
+    """Decide whether a failed run's stderr blames the input or the tool."""
+    cleaned = [clean_line(ln) for ln in lines]
+    useful = meaningful_lines(lines)
+    tail = useful[-10:]
+    lowered = [ln.lower() for ln in cleaned]
+    for pattern in _TOOL_PATTERNS:
+        for ln, low in zip(cleaned, lowered, strict=True):
+            if pattern in low:
+                return FfmpegFailure("tool", "ffmpeg failed", _one_line(ln), tail)
+    for pattern, summary in _INPUT_PATTERNS:
+        for ln, low in zip(cleaned, lowered, strict=True):
+            if pattern in low:
+                return FfmpegFailure("input", summary, _one_line(ln), tail)
+    detail = useful[-1] if useful else ""
+    return FfmpegFailure("tool", "ffmpeg failed", _one_line(detail), tail)
+
+
+def failure_error(returncode: int, lines: Sequence[str]) -> HandlerError:
+    """The exception for a failed run: InputError (fail at once) or MediaToolError (retry)."""
+    failure = classify_failure(lines)
+    if failure.kind == "input":
+        return InputError(f"{failure.summary} (ffmpeg: {failure.detail})")
+    tail = " | ".join(failure.tail) or "(no output on stderr)"
+    if len(tail) > 500:
+        tail = "..." + tail[-497:]
+    return MediaToolError(f"ffmpeg failed (exit {returncode}): {tail}")
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    # A scratch path tells the user nothing; keep the file name.
+    text = re.sub(r"file:(/[^\s'\"]*/)([^/\s'\"]+)", r"\2", text)
+    text = re.sub(r"(not on whitelist) '[^']*'", r"\1", text)  # our own long list
+    return text if len(text) <= limit else text[: limit - 3] + "..."

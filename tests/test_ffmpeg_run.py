@@ -1,0 +1,200 @@
+"""handlers.ffmpeg_run: hardening flags, progress, timeouts, error classification."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from gpu.ffmpeg_binary import ffmpeg_exe, ffmpeg_version
+from handlers.exceptions import InputError, MediaToolError, TransientError
+from handlers.ffmpeg_run import (
+    FfmpegTimeoutError,
+    classify_failure,
+    file_url,
+    harden_args,
+    input_args,
+    run_ffmpeg,
+)
+from tests.media import make_ffconcat_disguise, make_text_as_media, make_video
+
+
+def _deadline(seconds: float = 120) -> float:
+    return time.monotonic() + seconds
+
+
+def test_binary_and_version() -> None:
+    assert Path(ffmpeg_exe()).is_file()
+    assert ffmpeg_version() not in ("", "unknown")
+
+
+def test_input_args_are_file_urls_under_a_whitelist(tmp_path: Path) -> None:
+    args = input_args(tmp_path / "in put.mp4")
+    assert args[-2:] == ["-i", f"file:{tmp_path}/in put.mp4"]
+    assert args[args.index("-protocol_whitelist") + 1] == "file"
+    assert "concat" not in args[args.index("-format_whitelist") + 1].split(",")
+    assert file_url("rel.mp4").startswith("file:/")  # always absolute
+
+
+def test_harden_args_forces_flags_and_whitelists_every_input(tmp_path: Path) -> None:
+    argv = harden_args(
+        [
+            "-i", file_url(tmp_path / "a.mp4"),  # no whitelist given: added
+            *input_args(tmp_path / "b.wav"),
+            "-f", "lavfi", "-i", "sine=duration=1",  # a generator needs none
+            "-map", "0:v", "-y", "-n",
+            file_url(tmp_path / "out.mp4"),
+        ]
+    )  # fmt: skip
+    assert argv[0] == ffmpeg_exe()
+    for flag in ("-nostdin", "-hide_banner", "-y", "-nostats"):
+        assert argv.count(flag) == 1
+    assert "-n" not in argv  # would fight -y
+    assert argv[argv.index("-progress") + 1] == "pipe:1"
+    inputs = [i for i, a in enumerate(argv) if a == "-i"]
+    assert [argv[i + 1].split(":")[0] for i in inputs] == ["file", "file", "sine=duration=1"]
+    # Every file input has -protocol_whitelist file among its own options.
+    starts = [0, *[i + 2 for i in inputs]]
+    for n, i in enumerate(inputs[:2]):
+        group = argv[starts[n] : i]
+        assert group[group.index("-protocol_whitelist") + 1] == "file"
+    assert argv.count("-protocol_whitelist") == 2
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "http://example.com/x.mp4", "pipe:0"])
+def test_harden_args_rejects_non_file_inputs(target: str) -> None:
+    with pytest.raises(ValueError, match="file: URL"):
+        harden_args(["-i", target, "-f", "null", "-"])
+
+
+def test_harden_args_refuses_caller_progress() -> None:
+    with pytest.raises(ValueError):
+        harden_args(["-progress", "pipe:2", "-f", "lavfi", "-i", "sine", "-f", "null", "-"])
+
+
+def test_harden_args_accepts_ffmpeg_python_compile_output(tmp_path: Path) -> None:
+    import ffmpeg
+
+    stream = ffmpeg.input(file_url(tmp_path / "a.mp4")).output(file_url(tmp_path / "b.mp4"))
+    argv = harden_args(ffmpeg.compile(stream))
+    assert argv[0] == ffmpeg_exe() and argv.count("-protocol_whitelist") == 1
+
+
+def test_run_reports_progress_and_out_time(tmp_path: Path) -> None:
+    seen: list[float] = []
+    out = tmp_path / "tone.wav"
+    result = run_ffmpeg(
+        ["-re", "-f", "lavfi", "-i", "sine=duration=2", file_url(out)],
+        deadline=_deadline(),
+        progress=seen.append,
+        duration_s=2.0,
+    )
+    assert result.returncode == 0 and out.stat().st_size > 0
+    assert result.out_time_s == pytest.approx(2.0, abs=0.1)
+    assert seen and seen[-1] == 1.0
+    assert seen == sorted(seen) and all(0.0 <= f <= 1.0 for f in seen)
+    assert len(seen) >= 2  # -re: ~1.5 s in real time, reports every 0.5 s
+
+
+def test_timeout_kills_ffmpeg() -> None:
+    started = time.monotonic()
+    with pytest.raises(FfmpegTimeoutError, match=r"timed out after 0\.5 s") as err:
+        run_ffmpeg(
+            ["-re", "-f", "lavfi", "-i", "sine=duration=60", "-f", "null", "-"],
+            deadline=_deadline(),
+            timeout=0.5,
+        )
+    assert isinstance(err.value, TransientError) and isinstance(err.value, MediaToolError)
+    assert time.monotonic() - started < 5
+
+
+def test_deadline_is_enforced_and_named() -> None:
+    with pytest.raises(FfmpegTimeoutError, match="job deadline"):
+        run_ffmpeg(
+            ["-re", "-f", "lavfi", "-i", "sine=duration=60", "-f", "null", "-"],
+            deadline=time.monotonic() + 0.5,
+        )
+
+
+def test_past_deadline_does_not_start() -> None:
+    with pytest.raises(FfmpegTimeoutError, match="deadline has already passed"):
+        run_ffmpeg(["-f", "lavfi", "-i", "sine", "-f", "null", "-"], deadline=time.monotonic() - 1)
+
+
+def test_chatty_stderr_is_drained_and_bounded() -> None:
+    # ~2 MB of stderr: far over a pipe buffer, so an undrained pipe would hang.
+    result = run_ffmpeg(
+        [
+            *("-f", "lavfi", "-i", "testsrc2=size=32x32:rate=1000:duration=5"),
+            *("-vf", "showinfo", "-f", "null", "-"),
+        ],
+        deadline=_deadline(),
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert result.stderr_truncated
+    assert len(result.stderr_rest) == 200 and len(result.stderr_head) == 5000
+    assert len(result.stderr_tail) == 200 and "..." in result.stderr_lines
+
+
+def test_tool_failure_is_media_tool_error_with_tail() -> None:
+    args = ["-f", "lavfi", "-i", "sine=duration=0.1", "-c:a", "no_such_encoder"]
+    with pytest.raises(MediaToolError) as err:
+        run_ffmpeg([*args, "-f", "null", "-"], deadline=_deadline())
+    assert not isinstance(err.value, InputError)
+    msg = str(err.value)
+    assert msg.startswith("ffmpeg failed (exit") and "no_such_encoder" in msg
+    assert "\n" not in msg and len(msg) < 600
+
+
+def test_bad_input_is_input_error(tmp_path: Path) -> None:
+    src = make_text_as_media(tmp_path / "notes.mp4")
+    with pytest.raises(InputError) as err:
+        run_ffmpeg([*input_args(src), "-f", "null", "-"], deadline=_deadline())
+    msg = str(err.value)
+    assert "\n" not in msg and "(ffmpeg: " in msg
+    assert str(tmp_path) not in msg  # scratch paths are not user information
+
+
+def test_playlist_disguised_as_mp4_is_refused(tmp_path: Path) -> None:
+    make_video(tmp_path / "other.mp4", seconds=0.2, size=(64, 64), audio=False)
+    src = make_ffconcat_disguise(tmp_path / "clip.mp4", "other.mp4")
+    # Without the demuxer whitelist ffmpeg would open other.mp4 through the playlist.
+    with pytest.raises(InputError, match="not accepted"):
+        run_ffmpeg([*input_args(src), "-f", "null", "-"], deadline=_deadline())
+
+
+@pytest.mark.parametrize(
+    ("lines", "kind", "needle"),
+    [
+        (
+            [
+                "[in#0 @ 0x55] moov atom not found",
+                "[in#0 @ 0x56] Error opening input: Invalid data found when processing input",
+                "Error opening input file file:/scratch/ab12/input.mp4.",
+                "Error opening input files: Invalid data found when processing input",
+            ],
+            "input",
+            "moov atom",
+        ),
+        (
+            [
+                "[h264_nvenc @ 0x1] Cannot load libcuda.so.1",
+                "[vost#0:0/h264_nvenc @ 0x2] [enc:h264_nvenc @ 0x3] Error while opening encoder",
+                "[out#0/null @ 0x4] Nothing was written into output file, because at least one"
+                " of its streams received no packets.",
+            ],
+            "tool",
+            "libcuda",
+        ),
+        (["Stream map '0:v:0' matches no streams."], "input", "matches no streams"),
+        (["[out#0/mp4 @ 0x1] No space left on device"], "tool", "No space"),
+        (["something nobody has seen before"], "tool", "nobody"),
+    ],
+)
+def test_classify_failure(lines: list[str], kind: str, needle: str) -> None:
+    failure = classify_failure(lines)
+    assert failure.kind == kind
+    assert needle in failure.detail
+    assert "@ 0x" not in failure.detail  # context prefixes removed
