@@ -1,0 +1,155 @@
+"""Bucket layout (DESIGN §1, §3): where inputs, outputs and internal state live.
+
+A job is one version of one input, ``(route, rel, etag)``. Its internal keys are
+built from a job id that is readable when it can be (``vertical/clip.mp4@<etag>``)
+and hashed when the input key is long or unsafe, so that every internal key stays
+far below S3's 1,024-byte limit. Job ids are only ever computed forward from a
+listing, never parsed back into input keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+INPUTS = "inputs/"
+OUTPUTS = "outputs/"
+INTERNAL = "_dropgpu/"
+CLAIMS = f"{INTERNAL}claims/"
+DONE = f"{INTERNAL}done/"
+FAILED = f"{INTERNAL}failed/"
+MANIFEST_NAME = "manifest.json"
+MAX_KEY_BYTES = 1024
+# Room for "_dropgpu/claims/" + "/attempt-NNN.failed-<13 digits>".
+_MAX_READABLE_JOB_BYTES = 600
+_SAFE_ETAG = re.compile(r"^[A-Za-z0-9-]{1,100}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CLAIM_NAME = re.compile(r"^attempt-(\d{1,6})(?:\.(failed)-(\d{1,16})|\.(released))?$")
+
+
+def unsafe_rel_reason(rel: str) -> str | None:
+    """Why ``rel`` must not be processed, or None when it is fine.
+
+    Keys are opaque to S3, but downstream tools (rclone, aws s3 sync) map keys
+    onto file paths, so outputs must never be written under '..' segments.
+    """
+    if not rel:
+        return "empty file name"
+    if _CONTROL.search(rel):
+        return "control characters in the object key"
+    if "\\" in rel:
+        return "backslash in the object key"
+    if rel.startswith("/") or rel.endswith("/") or "//" in rel:
+        return "object key has an empty path segment ('//')"
+    for segment in rel.split("/"):
+        if segment in (".", ".."):
+            return f"object key contains a {segment!r} path segment"
+    return None
+
+
+def _etag_token(etag: str) -> str:
+    if _SAFE_ETAG.fullmatch(etag):
+        return etag
+    return "h" + hashlib.sha256(etag.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class JobRef:
+    """One version of one input, and every key derived from it."""
+
+    route: str
+    rel: str  # input key without "inputs/<route>/", file name included
+    etag: str
+
+    @property
+    def input_key(self) -> str:
+        return f"{INPUTS}{self.route}/{self.rel}"
+
+    @property
+    def job_id(self) -> str:
+        token = _etag_token(self.etag)
+        readable = f"{self.route}/{self.rel}@{token}"
+        if (
+            unsafe_rel_reason(self.rel) is None
+            and len(readable.encode()) <= _MAX_READABLE_JOB_BYTES
+        ):
+            return readable
+        digest = hashlib.sha256(self.rel.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+        return f"{self.route}/#{digest}@{token}"
+
+    @property
+    def job_hash(self) -> str:
+        """Stable short hash used for scratch directory names (never key text)."""
+        return hashlib.sha256(self.job_id.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+    @property
+    def output_prefix(self) -> str:
+        return f"{OUTPUTS}{self.route}/{self.rel}/"
+
+    @property
+    def manifest_key(self) -> str:
+        return f"{self.output_prefix}{MANIFEST_NAME}"
+
+    def output_key(self, name: str) -> str:
+        return f"{self.output_prefix}{name}"
+
+    def manifest_key_fits(self) -> bool:
+        longest_output = max(len(MANIFEST_NAME), 40)
+        return len(self.output_prefix.encode()) + longest_output <= MAX_KEY_BYTES
+
+    @property
+    def done_key(self) -> str:
+        return f"{DONE}{self.job_id}"
+
+    @property
+    def failed_index_key(self) -> str:
+        return f"{FAILED}{self.job_id}"
+
+    @property
+    def claims_prefix(self) -> str:
+        return f"{CLAIMS}{self.job_id}/"
+
+    def claim_key(self, attempt: int) -> str:
+        return f"{self.claims_prefix}attempt-{attempt}"
+
+    def failure_key(self, attempt: int, retry_at_ms: int) -> str:
+        return f"{self.claims_prefix}attempt-{attempt}.failed-{retry_at_ms}"
+
+    def released_key(self, attempt: int) -> str:
+        return f"{self.claims_prefix}attempt-{attempt}.released"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimKey:
+    """A parsed key under _dropgpu/claims/."""
+
+    job_id: str
+    attempt: int
+    kind: str  # "claim" | "failed" | "released"
+    retry_at_ms: int | None = None
+
+
+def parse_claim_key(key: str) -> ClaimKey | None:
+    if not key.startswith(CLAIMS):
+        return None
+    job_id, sep, name = key[len(CLAIMS) :].rpartition("/")
+    m = _CLAIM_NAME.fullmatch(name)
+    if not sep or not m:
+        return None
+    attempt = int(m.group(1))
+    if m.group(2):
+        return ClaimKey(job_id, attempt, "failed", int(m.group(3)))
+    if m.group(4):
+        return ClaimKey(job_id, attempt, "released")
+    return ClaimKey(job_id, attempt, "claim")
+
+
+def split_input_key(key: str) -> tuple[str, str] | None:
+    """``inputs/<route>/<rel>`` -> (route, rel); None for anything else."""
+    if not key.startswith(INPUTS):
+        return None
+    route, sep, rel = key[len(INPUTS) :].partition("/")
+    if not sep or not route:
+        return None
+    return route, rel

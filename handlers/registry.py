@@ -1,0 +1,42 @@
+"""Handler registry: route configs name handlers; this resolves the names.
+
+Built-in handlers are imported lazily so the watcher never pays for torch/demucs
+imports it does not need. A route may also name a custom handler as
+"package.module:attribute" (a class or instance implementing the protocol).
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+
+from handlers.exceptions import HandlerConfigError
+from handlers.protocol import Handler
+
+BUILTIN_HANDLERS: dict[str, str] = {
+    "vertical": "handlers.vertical:VerticalHandler",
+}
+
+
+def known_handler_names() -> list[str]:
+    return sorted(BUILTIN_HANDLERS)
+
+
+@cache
+def get_handler(name: str) -> Handler:
+    """The handler instance for a built-in name or a "module:attr" reference."""
+    target = BUILTIN_HANDLERS.get(name, name)
+    if ":" not in target:
+        raise HandlerConfigError(
+            f"unknown handler {name!r}: use one of {', '.join(known_handler_names())} "
+            "or 'package.module:Attribute'"
+        )
+    module_name, _, attr = target.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise HandlerConfigError(f"cannot load handler {name!r}: {exc}") from exc
+    handler = obj() if isinstance(obj, type) else obj
+    if not isinstance(handler, Handler):
+        raise HandlerConfigError(f"{name!r} does not implement the handler protocol")
+    return handler
