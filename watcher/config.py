@@ -1,0 +1,205 @@
+"""Routes and watcher settings: built-in defaults, overridden by dropgpu.toml.
+
+```toml
+[watch]
+lease_ttl_seconds = 120
+
+[routes.vertical]            # override a built-in route
+params = { fps = 25 }
+
+[routes.shorts]              # add a route: inputs/shorts/ -> vertical handler
+handler = "vertical"
+params = { width = 720, height = 1280 }
+```
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from handlers.exceptions import HandlerConfigError
+from handlers.registry import get_handler
+from watcher.exceptions import ConfigError
+
+ROUTE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+DEFAULT_CONFIG_FILE = "dropgpu.toml"
+
+
+class RouteConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    handler: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    # None means "the handler's own default extensions".
+    extensions: tuple[str, ...] | None = None
+    settle_seconds: float = Field(default=10.0, ge=0, le=86_400)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    timeout_seconds: float = Field(default=3_600.0, gt=0, le=86_400)
+    enabled: bool = True
+    # Distributed mode (Modal) only.
+    gpu: str | None = None
+    max_containers: int | None = Field(default=None, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _route_name_is_a_safe_prefix(cls, v: str) -> str:
+        # Route names become key prefixes: no '/', '..', '\\' or control chars.
+        if not ROUTE_NAME.fullmatch(v):
+            raise ValueError("must match [a-z0-9][a-z0-9_-]* (max 63 chars)")
+        return v
+
+    @field_validator("extensions")
+    @classmethod
+    def _normalise_extensions(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is None:
+            return None
+        out = []
+        for ext in v:
+            ext = ext.lower().strip()
+            if not ext:
+                raise ValueError("empty extension")
+            out.append(ext if ext.startswith(".") else f".{ext}")
+        return tuple(out)
+
+    @property
+    def prefix(self) -> str:
+        return f"inputs/{self.name}/"
+
+    def accepted_extensions(self) -> frozenset[str]:
+        if self.extensions is not None:
+            return frozenset(self.extensions)
+        return get_handler(self.handler).extensions
+
+    def validated_params(self):  # -> HandlerParams
+        return get_handler(self.handler).Params(**self.params)
+
+
+class WatchSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    interval_seconds: float = Field(default=10.0, gt=0, le=3_600)
+    # A claim whose heartbeat is older than this is a crashed attempt.
+    lease_ttl_seconds: float = Field(default=120.0, ge=2, le=86_400)
+    max_claims_per_tick: int = Field(default=64, ge=1, le=10_000)
+    # Capped exponential backoff (with full jitter) between transient failures.
+    backoff_base_seconds: float = Field(default=30.0, ge=0, le=86_400)
+    backoff_max_seconds: float = Field(default=900.0, ge=0, le=86_400)
+    scratch_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _heartbeat_fits_in_lease(self) -> WatchSettings:
+        if self.backoff_max_seconds < self.backoff_base_seconds:
+            raise ValueError("backoff_max_seconds must be >= backoff_base_seconds")
+        return self
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        # Several heartbeats per lease so one slow PUT does not expire a live job.
+        return max(0.5, self.lease_ttl_seconds / 4)
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    watch: WatchSettings = Field(default_factory=WatchSettings)
+    routes: dict[str, RouteConfig]
+    source: str = "built-in defaults"
+
+    def enabled_routes(self) -> list[RouteConfig]:
+        return [r for r in self.routes.values() if r.enabled]
+
+
+def builtin_routes() -> dict[str, dict[str, Any]]:
+    """DESIGN §2 defaults. Routes whose handler is not installed yet are omitted."""
+    from handlers.registry import BUILTIN_HANDLERS
+
+    wanted: dict[str, dict[str, Any]] = {
+        "stems": {"handler": "stems"},
+        "karaoke": {"handler": "stems", "params": {"two_stems": "vocals"}},
+        "vertical": {"handler": "vertical"},
+        "proxy": {"handler": "proxy"},
+        "frames": {"handler": "frames"},
+        "highlights": {"handler": "highlights"},
+    }
+    return {name: spec for name, spec in wanted.items() if spec["handler"] in BUILTIN_HANDLERS}
+
+
+def _format_validation_error(exc: ValidationError, where: str) -> str:
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    return f"{where}: {field}: {err['msg']}"
+
+
+def build_config(data: dict[str, Any], *, source: str) -> Config:
+    """Merge user TOML data over the defaults and validate everything."""
+    data = dict(data)
+    unknown = set(data) - {"watch", "routes"}
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown section {sorted(unknown)[0]!r} (expected [watch], [routes.NAME])"
+        )
+    routes_data: dict[str, dict[str, Any]] = builtin_routes()
+    user_routes = data.get("routes", {})
+    if not isinstance(user_routes, dict):
+        raise ConfigError(f"{source}: routes must be a table of [routes.NAME] sections")
+    for name, spec in user_routes.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{source}: routes.{name} must be a table")
+        merged = {**routes_data.get(name, {}), **spec}
+        if "params" in spec and name in routes_data:
+            # A user override of one param keeps the route's other defaults.
+            merged["params"] = {**routes_data[name].get("params", {}), **spec["params"]}
+        routes_data[name] = merged
+
+    routes: dict[str, RouteConfig] = {}
+    for name, spec in routes_data.items():
+        where = f"{source}: routes.{name}"
+        if "handler" not in spec:
+            raise ConfigError(f'{where}: handler: missing (e.g. handler = "vertical")')
+        try:
+            route = RouteConfig(name=name, **spec)
+        except ValidationError as exc:
+            raise ConfigError(_format_validation_error(exc, f"{source}: routes.{name}")) from exc
+        try:
+            route.validated_params()
+        except HandlerConfigError as exc:
+            raise ConfigError(f"{where}: handler: {exc}") from exc
+        except ValidationError as exc:
+            raise ConfigError(_format_validation_error(exc, f"{where}.params")) from exc
+        routes[name] = route
+    try:
+        watch = WatchSettings(**data.get("watch", {}))
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, f"{source}: watch")) from exc
+    except TypeError as exc:
+        raise ConfigError(f"{source}: watch must be a table") from exc
+    if not any(r.enabled for r in routes.values()):
+        raise ConfigError(f"{source}: no enabled routes")
+    return Config(watch=watch, routes=routes, source=source)
+
+
+def load_config(path: Path | str | None) -> Config:
+    """Load ``path``; with None, ./dropgpu.toml if present, else the defaults."""
+    if path is None:
+        default = Path(DEFAULT_CONFIG_FILE)
+        if not default.is_file():
+            return build_config({}, source="built-in defaults")
+        path = default
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    return build_config(data, source=str(path))

@@ -1,0 +1,68 @@
+"""`dropgpu doctor`: config, ffmpeg, devices, and create-if-absent safety of the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from infra.bucket import Bucket
+from infra.exceptions import BucketError
+from watcher.config import Config
+from watcher.store_check import check_create_only
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def local_checks(config: Config) -> list[Check]:
+    checks = [
+        Check(
+            "config",
+            True,
+            f"{config.source}: routes "
+            + ", ".join(f"{r.name}->{r.handler}" for r in config.enabled_routes()),
+        )
+    ]
+    try:
+        from gpu.encoders import choose_video_encoder
+        from gpu.ffmpeg_binary import ffmpeg_exe, ffmpeg_version
+
+        checks.append(Check("ffmpeg", True, f"{ffmpeg_exe()} ({ffmpeg_version()})"))
+        choice = choose_video_encoder()
+        checks.append(Check("video encoder", True, f"{choice.codec} ({choice.reason})"))
+    except Exception as exc:
+        checks.append(
+            Check("ffmpeg", False, f"{exc}; pip install imageio-ffmpeg or install ffmpeg")
+        )
+    from gpu.device import select_device
+
+    device = select_device()
+    detail = device.name + (f" ({device.gpu_name})" if device.gpu_name else f" ({device.reason})")
+    checks.append(Check("device", True, detail))
+    return checks
+
+
+async def bucket_checks(bucket: Bucket) -> list[Check]:
+    checks: list[Check] = []
+    try:
+        listing = await bucket.list("inputs/")
+        checks.append(
+            Check("bucket", True, f"{bucket.url}: {len(listing.objects)} objects under inputs/")
+        )
+    except BucketError as exc:
+        return [Check("bucket", False, str(exc))]
+    try:
+        result = await check_create_only(bucket)
+        checks.append(
+            Check(
+                "create-if-absent",
+                result.safe,
+                result.detail if result.safe else f"UNSAFE STORE: {result.detail}",
+            )
+        )
+    except BucketError as exc:
+        checks.append(Check("create-if-absent", False, f"could not test: {exc}"))
+    return checks

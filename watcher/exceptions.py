@@ -1,0 +1,15 @@
+"""Errors of the control plane (config, CLI, tick)."""
+
+from __future__ import annotations
+
+
+class WatcherError(Exception):
+    """Base class for control-plane errors."""
+
+
+class ConfigError(WatcherError):
+    """dropgpu.toml (or a CLI flag) is invalid; the message names the field."""
+
+
+class UnsafeStoreError(WatcherError):
+    """The store does not honour create-if-absent; running on it would double-process."""

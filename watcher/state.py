@@ -1,0 +1,152 @@
+"""What the bucket says about every job, from LISTs alone (DESIGN §4.1-2).
+
+One snapshot = one paginated LIST per route prefix (in parallel), one of
+_dropgpu/done/ and one of _dropgpu/claims/. No per-object HEAD or GET: every
+fact the tick needs is in key names and LastModified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from handlers.layout import CLAIMS, DONE, FAILED, JobRef, parse_claim_key
+from infra.bucket import Bucket, Listing, ObjectInfo
+from watcher.config import Config, RouteConfig
+from watcher.ignore import ignore_reason
+
+
+@dataclass(slots=True)
+class AttemptState:
+    number: int
+    claim: ObjectInfo | None = None
+    failed_retry_at_ms: int | None = None
+    failure_key: str | None = None
+    released: bool = False
+
+
+@dataclass(slots=True)
+class JobClaims:
+    attempts: dict[int, AttemptState] = field(default_factory=dict)
+
+    def attempt(self, n: int) -> AttemptState:
+        return self.attempts.setdefault(n, AttemptState(n))
+
+    @property
+    def newest(self) -> AttemptState | None:
+        return self.attempts[max(self.attempts)] if self.attempts else None
+
+    @property
+    def attempts_used(self) -> int:
+        # A released attempt (Ctrl-C) did not fail; it does not use up a try.
+        return sum(1 for a in self.attempts.values() if not a.released)
+
+    def claim_objects(self) -> list[ObjectInfo]:
+        return [a.claim for a in self.attempts.values() if a.claim is not None]
+
+
+@dataclass(slots=True)
+class Snapshot:
+    server_time: datetime
+    inputs: dict[str, list[ObjectInfo]]  # route name -> listed objects
+    done: set[str]  # job ids
+    failed: set[str]  # job ids whose final manifest is a failure
+    claims: dict[str, JobClaims]  # job id -> attempts
+    requests: int
+
+
+async def take_snapshot(bucket: Bucket, config: Config, *, with_failed: bool = False) -> Snapshot:
+    routes = config.enabled_routes()
+    prefixes = [r.prefix for r in routes] + [DONE, CLAIMS] + ([FAILED] if with_failed else [])
+    listings: list[Listing] = await asyncio.gather(*(bucket.list(p) for p in prefixes))
+    route_listings = listings[: len(routes)]
+    done_listing, claims_listing = listings[len(routes)], listings[len(routes) + 1]
+    claims: dict[str, JobClaims] = defaultdict(JobClaims)
+    for obj in claims_listing.objects:
+        parsed = parse_claim_key(obj.key)
+        if parsed is None:
+            continue
+        state = claims[parsed.job_id].attempt(parsed.attempt)
+        if parsed.kind == "claim":
+            state.claim = obj
+        elif parsed.kind == "failed":
+            state.failed_retry_at_ms = parsed.retry_at_ms
+            state.failure_key = obj.key
+        else:
+            state.released = True
+    failed = {o.key[len(FAILED) :] for o in listings[-1].objects} if with_failed else set()
+    return Snapshot(
+        # The oldest server clock reading is the safe one for "is it stale yet".
+        server_time=min(listing.server_time for listing in listings),
+        inputs={r.name: listing.objects for r, listing in zip(routes, route_listings, strict=True)},
+        done={o.key[len(DONE) :] for o in done_listing.objects},
+        failed=failed,
+        claims=dict(claims),
+        requests=sum(listing.requests for listing in listings),
+    )
+
+
+# -- classification -------------------------------------------------------------------
+
+IGNORED = "ignored"
+DONE_STATE = "done"
+REPAIR = "repair"
+SETTLING = "settling"
+RUNNING = "running"
+RETRY_WAIT = "retry_wait"
+CLAIMABLE = "claimable"
+GIVE_UP = "give_up"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    state: str
+    ref: JobRef | None = None
+    obj: ObjectInfo | None = None
+    next_attempt: int = 0
+    wait_s: float = 0.0  # for SETTLING / RETRY_WAIT: seconds until actionable
+    detail: str = ""
+    claims: JobClaims | None = None
+
+
+def _age_s(snapshot: Snapshot, obj: ObjectInfo) -> float:
+    return (snapshot.server_time - obj.last_modified).total_seconds()
+
+
+def classify(
+    snapshot: Snapshot, route: RouteConfig, obj: ObjectInfo, *, lease_ttl_seconds: float
+) -> Decision:
+    rel = obj.key[len(route.prefix) :]
+    why = ignore_reason(rel)
+    if why:
+        return Decision(IGNORED, obj=obj, detail=why)
+    ref = JobRef(route.name, rel, obj.etag)
+    job_claims = snapshot.claims.get(ref.job_id)
+    if ref.job_id in snapshot.done:
+        live = job_claims.claim_objects() if job_claims else []
+        if live and all(_age_s(snapshot, c) > lease_ttl_seconds for c in live):
+            return Decision(REPAIR, ref, obj, claims=job_claims)
+        return Decision(DONE_STATE, ref, obj)
+    age = _age_s(snapshot, obj)
+    if age < route.settle_seconds:
+        return Decision(SETTLING, ref, obj, wait_s=route.settle_seconds - age)
+    newest = job_claims.newest if job_claims else None
+    if newest is None:
+        return Decision(CLAIMABLE, ref, obj, next_attempt=1, claims=job_claims)
+    used = job_claims.attempts_used if job_claims else 0
+    next_attempt = newest.number + 1
+    if newest.released:
+        return Decision(CLAIMABLE, ref, obj, next_attempt=next_attempt, claims=job_claims)
+    if newest.failed_retry_at_ms is not None:
+        now_ms = snapshot.server_time.timestamp() * 1000
+        if now_ms < newest.failed_retry_at_ms:
+            wait = (newest.failed_retry_at_ms - now_ms) / 1000
+            return Decision(RETRY_WAIT, ref, obj, next_attempt, wait_s=wait, claims=job_claims)
+    elif newest.claim is not None and _age_s(snapshot, newest.claim) <= lease_ttl_seconds:
+        return Decision(RUNNING, ref, obj, claims=job_claims)
+    # The newest attempt failed (retry time reached) or its owner stopped heartbeating.
+    if used >= route.max_attempts:
+        return Decision(GIVE_UP, ref, obj, next_attempt=newest.number, claims=job_claims)
+    return Decision(CLAIMABLE, ref, obj, next_attempt=next_attempt, claims=job_claims)

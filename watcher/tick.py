@@ -1,0 +1,213 @@
+"""One tick (DESIGN §4): snapshot, decide, claim with create-if-absent, dispatch.
+
+Ticks may overlap and several watchers may share a bucket: a claim is only ever
+won by creating the next attempt object, so at most one watcher runs each
+attempt, whatever the others do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from handlers.commit import commit, repair
+from handlers.job import JobSpec, RetryPolicy
+from handlers.layout import JobRef
+from handlers.lease import claim_body
+from handlers.manifest import iso, utc_now
+from handlers.runner import failed_manifest
+from infra.bucket import Bucket, ObjectInfo
+from infra.exceptions import BucketError
+from watcher.config import Config, RouteConfig
+from watcher.state import (
+    CLAIMABLE,
+    GIVE_UP,
+    REPAIR,
+    RETRY_WAIT,
+    SETTLING,
+    Decision,
+    classify,
+    take_snapshot,
+)
+
+log = structlog.get_logger(__name__)
+
+Dispatch = Callable[[JobSpec], Awaitable[None] | None]
+CLAIM_CONCURRENCY = 16
+
+
+@dataclass(slots=True)
+class TickReport:
+    claimed: list[JobSpec] = field(default_factory=list)
+    states: Counter[str] = field(default_factory=Counter)
+    lost_races: int = 0
+    gave_up: int = 0
+    repaired: int = 0
+    deferred: int = 0  # claimable, but over this tick's cap
+    # Seconds until the soonest settling input / scheduled retry becomes claimable.
+    next_settle_s: float | None = None
+    next_retry_s: float | None = None
+    list_requests: int = 0
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "claimed": len(self.claimed),
+            "lost_races": self.lost_races,
+            "gave_up": self.gave_up,
+            "repaired": self.repaired,
+            "deferred": self.deferred,
+            **{f"n_{k}": v for k, v in sorted(self.states.items())},
+            "list_requests": self.list_requests,
+        }
+
+
+def make_job_spec(
+    config: Config, route: RouteConfig, ref: JobRef, obj: ObjectInfo, attempt: int, claimed_at: str
+) -> JobSpec:
+    settings = config.watch
+    return JobSpec(
+        route=route.name,
+        rel=ref.rel,
+        etag=ref.etag,
+        size=obj.size,
+        last_modified=iso(obj.last_modified) or "",
+        attempt=attempt,
+        claimed_at=claimed_at,
+        handler=route.handler,
+        params=dict(route.params),
+        extensions=tuple(sorted(route.accepted_extensions())),
+        timeout_seconds=route.timeout_seconds,
+        lease_ttl_seconds=settings.lease_ttl_seconds,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        retry=RetryPolicy(
+            max_attempts=route.max_attempts,
+            backoff_base_seconds=settings.backoff_base_seconds,
+            backoff_max_seconds=settings.backoff_max_seconds,
+        ),
+    )
+
+
+async def _try_claim(
+    bucket: Bucket, config: Config, route: RouteConfig, d: Decision
+) -> JobSpec | None:
+    assert d.ref is not None and d.obj is not None
+    claimed_at = iso(utc_now()) or ""
+    spec = make_job_spec(config, route, d.ref, d.obj, d.next_attempt, claimed_at)
+    body = claim_body(
+        phase="claimed",
+        progress=0.0,
+        job_id=d.ref.job_id,
+        input_key=d.ref.input_key,
+        attempt=d.next_attempt,
+        claimed_at=claimed_at,
+    )
+    if await bucket.create_if_absent(spec.claim_key, body):
+        return spec
+    return None
+
+
+async def _last_error(bucket: Bucket, d: Decision) -> str:
+    newest = d.claims.newest if d.claims else None
+    if newest and newest.failure_key:
+        try:
+            return json.loads(await bucket.get_bytes(newest.failure_key)).get("message", "")
+        except (BucketError, ValueError):
+            return "the last attempt failed (its error record could not be read)"
+    return "the worker stopped heartbeating (crashed, killed or out of memory)"
+
+
+async def _give_up(bucket: Bucket, config: Config, route: RouteConfig, d: Decision) -> bool:
+    assert d.ref is not None and d.obj is not None
+    spec = make_job_spec(config, route, d.ref, d.obj, d.next_attempt, iso(utc_now()) or "")
+    message = await _last_error(bucket, d)
+    used = d.claims.attempts_used if d.claims else d.next_attempt
+    manifest = failed_manifest(
+        spec, "gave_up", f"gave up after {used} attempts: {message}", device=None, worker="watcher"
+    )
+    return await commit(bucket, d.ref, manifest.to_json_bytes(), failed=True)
+
+
+def _soonest(current: float | None, wait: float) -> float:
+    wait = max(0.0, wait)
+    return wait if current is None else min(current, wait)
+
+
+async def run_tick(
+    bucket: Bucket, config: Config, dispatch: Dispatch, *, capacity: int | None = None
+) -> TickReport:
+    """List, decide, claim up to min(cap, capacity) jobs and hand each to ``dispatch``."""
+    report = TickReport()
+    snapshot = await take_snapshot(bucket, config)
+    report.list_requests = snapshot.requests
+    ttl = config.watch.lease_ttl_seconds
+    claimable: list[tuple[RouteConfig, Decision]] = []
+    maintenance: list[tuple[RouteConfig, Decision]] = []
+    for route in config.enabled_routes():
+        for obj in snapshot.inputs.get(route.name, []):
+            d = classify(snapshot, route, obj, lease_ttl_seconds=ttl)
+            report.states[d.state] += 1
+            if d.state == CLAIMABLE:
+                claimable.append((route, d))
+            elif d.state in (GIVE_UP, REPAIR):
+                maintenance.append((route, d))
+            elif d.state == SETTLING:
+                report.next_settle_s = _soonest(report.next_settle_s, d.wait_s)
+            elif d.state == RETRY_WAIT:
+                report.next_retry_s = _soonest(report.next_retry_s, d.wait_s)
+
+    for route, d in maintenance:
+        blog = log.bind(
+            route=route.name, key=d.obj.key if d.obj else None, etag=d.ref.etag if d.ref else None
+        )
+        try:
+            if d.state == REPAIR:
+                await repair(bucket, d.ref)  # type: ignore[arg-type]
+                report.repaired += 1
+                blog.warning("repaired an interrupted commit")
+            elif await _give_up(bucket, config, route, d):
+                report.gave_up += 1
+                blog.warning("gave up", attempts=d.next_attempt)
+        except BucketError as exc:
+            blog.warning("maintenance step failed; next tick retries", error=str(exc))
+
+    # Oldest first: a burst of new drops does not starve earlier ones.
+    claimable.sort(key=lambda rd: rd[1].obj.last_modified)  # type: ignore[union-attr]
+    limit = (
+        config.watch.max_claims_per_tick
+        if capacity is None
+        else min(config.watch.max_claims_per_tick, capacity)
+    )
+    queue = list(claimable)
+    while queue and len(report.claimed) < limit:
+        batch, queue = (
+            queue[: min(CLAIM_CONCURRENCY, limit - len(report.claimed))],
+            queue[min(CLAIM_CONCURRENCY, limit - len(report.claimed)) :],
+        )
+        results = await asyncio.gather(
+            *(_try_claim(bucket, config, r, d) for r, d in batch), return_exceptions=True
+        )
+        for (route, d), res in zip(batch, results, strict=True):
+            if isinstance(res, BaseException):
+                log.warning("claim failed", route=route.name, key=d.obj.key, error=str(res))  # type: ignore[union-attr]
+            elif res is None:
+                report.lost_races += 1
+            else:
+                report.claimed.append(res)
+                log.info(
+                    "claimed",
+                    route=res.route,
+                    key=res.ref.input_key,
+                    etag=res.etag,
+                    attempt=res.attempt,
+                    job_id=res.ref.job_id,
+                )
+                maybe = dispatch(res)
+                if maybe is not None:
+                    await maybe
+    report.deferred = len(queue)
+    return report
