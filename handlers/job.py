@@ -37,6 +37,7 @@ class JobSpec:
     lease_ttl_seconds: float
     heartbeat_seconds: float
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    notify_url: str | None = None
 
     @property
     def ref(self) -> JobRef:

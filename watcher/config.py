@@ -42,6 +42,8 @@ class RouteConfig(BaseModel):
     max_attempts: int = Field(default=3, ge=1, le=100)
     timeout_seconds: float = Field(default=3_600.0, gt=0, le=86_400)
     enabled: bool = True
+    # Optional webhook: POST the manifest here when a job of this route commits.
+    notify_url: str | None = Field(default=None, pattern=r"^https?://")
     # Distributed mode (Modal) only.
     gpu: str | None = None
     max_containers: int | None = Field(default=None, ge=1)

@@ -84,6 +84,7 @@ def make_job_spec(
         timeout_seconds=route.timeout_seconds,
         lease_ttl_seconds=settings.lease_ttl_seconds,
         heartbeat_seconds=settings.heartbeat_seconds,
+        notify_url=route.notify_url,
         retry=RetryPolicy(
             max_attempts=route.max_attempts,
             backoff_base_seconds=settings.backoff_base_seconds,
