@@ -100,9 +100,11 @@ class Manifest(_Model):
     runtime: RuntimeInfo
 
     def to_json_bytes(self) -> bytes:
-        return (
-            json.dumps(self.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
-        ).encode()
+        """Serialise, validated against the shipped schema: an invalid manifest is a
+        bug, and it must never reach consumers."""
+        data = self.model_dump(mode="json")
+        validate_manifest(data)
+        return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode()
 
 
 @cache
