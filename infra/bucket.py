@@ -48,8 +48,13 @@ class Bucket(abc.ABC):
     stats: RequestStats
 
     @abc.abstractmethod
-    async def list(self, prefix: str) -> Listing:
-        """Every object whose key starts with ``prefix`` (all pages), sorted by key."""
+    async def list(self, prefix: str, *, start_after: str | None = None) -> Listing:
+        """Every object whose key starts with ``prefix`` (all pages), sorted by key.
+
+        With ``start_after``, only keys that sort strictly after it (S3's
+        ``StartAfter``, UTF-8 byte order): a consumer of a time-ordered prefix
+        lists just what is new, one request per 1,000 new keys.
+        """
 
     @abc.abstractmethod
     async def get_to_file(self, key: str, dest: Path, *, if_match: str | None = None) -> ObjectInfo:

@@ -98,6 +98,16 @@ def _check_segments(text: str, segments: list[str], what: str) -> None:
         raise UnsafeKeyError(f"{what} {text!r}: {_STATE_DIR}/ is reserved for the folder bucket")
 
 
+def _all_before(dir_key: str, start_after: str | None) -> bool:
+    """True when every key under ``dir_key`` ("a/b/") sorts at or before ``start_after``.
+
+    Keys under it all start with ``dir_key``; unless ``start_after`` itself starts
+    with it, they compare like ``dir_key`` does. (str order is code-point order,
+    which is UTF-8 byte order, S3's order.)
+    """
+    return start_after is not None and dir_key < start_after and not start_after.startswith(dir_key)
+
+
 def validate_key(key: str) -> list[str]:
     """The key's path segments, or UnsafeKeyError when it cannot map to a file safely."""
     if not isinstance(key, str) or not key:
@@ -284,14 +294,16 @@ class LocalFolderBucket(Bucket):
 
     # -- listing -----------------------------------------------------------
 
-    async def list(self, prefix: str) -> Listing:
+    async def list(self, prefix: str, *, start_after: str | None = None) -> Listing:
         self.stats.add("list")
         dir_segments = _validate_prefix(prefix)
-        objects = await self._io("list", prefix, self._list_sync, prefix, dir_segments)
+        objects = await self._io(
+            "list", prefix, self._list_sync, prefix, dir_segments, start_after or None
+        )
         return Listing(objects=objects, server_time=datetime.now(UTC), requests=1)
 
     def _scan(
-        self, directory: Path, key_prefix: str, prefix: str
+        self, directory: Path, key_prefix: str, prefix: str, start_after: str | None = None
     ) -> Iterator[tuple[str, Path, _Stat]]:
         """(key, path, stat) of regular files below ``directory`` that may match ``prefix``."""
         try:
@@ -307,10 +319,15 @@ class LocalFolderBucket(Bucket):
                 try:
                     if entry.is_dir(follow_symlinks=False):
                         sub = key + "/"
-                        # Only descend where keys can still start with the prefix.
-                        if sub.startswith(prefix) or prefix.startswith(sub):
-                            yield from self._scan(Path(entry.path), sub, prefix)
+                        # Only descend where keys can still start with the prefix
+                        # and can still sort after start_after.
+                        if (sub.startswith(prefix) or prefix.startswith(sub)) and not _all_before(
+                            sub, start_after
+                        ):
+                            yield from self._scan(Path(entry.path), sub, prefix, start_after)
                         continue
+                    if start_after is not None and key <= start_after:
+                        continue  # not hashed, not even stat'ed
                     if _TMP_RE.match(name):
                         continue  # a write of ours in flight
                     # A symlinked file counts only when it stays inside the bucket.
@@ -331,13 +348,17 @@ class LocalFolderBucket(Bucket):
                     continue
                 yield key, Path(entry.path), _Stat.of(st)
 
-    def _list_sync(self, prefix: str, dir_segments: list[str]) -> list[ObjectInfo]:
+    def _list_sync(
+        self, prefix: str, dir_segments: list[str], start_after: str | None = None
+    ) -> list[ObjectInfo]:
         start = self.root.joinpath(*dir_segments)
         if not self._inside(start):
             raise UnsafeKeyError(f"prefix {prefix!r} resolves outside the bucket folder")
         key_prefix = "/".join(dir_segments) + "/" if dir_segments else ""
         found = [
-            (k, p, s) for k, p, s in self._scan(start, key_prefix, prefix) if k.startswith(prefix)
+            (k, p, s)
+            for k, p, s in self._scan(start, key_prefix, prefix, start_after)
+            if k.startswith(prefix)
         ]
         cached = self._cache.load(prefix)
 
@@ -366,7 +387,8 @@ class LocalFolderBucket(Bucket):
                     fresh[key] = (st_after, etag)
 
         listed = {k for k, _, _ in found}
-        stale = [k for k in cached if k not in listed]
+        # Keys at or before start_after were not looked at: they are not stale.
+        stale = [k for k in cached if k not in listed and (start_after is None or k > start_after)]
         self._cache.store(fresh, stale)
 
         objects = []

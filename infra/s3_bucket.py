@@ -100,6 +100,20 @@ def _redact_url(url: str) -> str:
     return url
 
 
+def _lenient_start_after(start_after: str) -> str:
+    """A StartAfter a little before ``start_after``; the caller filters the rest.
+
+    SeaweedFS compares StartAfter with entry names one folder level at a time, so
+    a cursor "a/c" (or "a/c-1", '-' < '/') skips the whole folder "a/c/" although
+    "a/c/1" sorts after it. Cutting the last segment before its first character
+    below '/', and one more, never names such a folder; the extra keys this lists
+    again are few (for feed keys: the last ~10 seconds) and dropped afterwards.
+    """
+    parent, slash, name = start_after.rpartition("/")
+    cut = next((i for i, ch in enumerate(name) if ch < "/"), len(name))
+    return parent + slash + name[: max(0, cut - 1)]
+
+
 def _server_time(resp: dict[str, Any]) -> datetime:
     """The store's clock from the HTTP Date header; our clock when it is missing."""
     date = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
@@ -342,15 +356,18 @@ class S3Bucket(Bucket):
 
     # -- Bucket API --------------------------------------------------------------
 
-    async def list(self, prefix: str) -> Listing:
+    async def list(self, prefix: str, *, start_after: str | None = None) -> Listing:
         client = await self._get_client()
         paginator = client.get_paginator("list_objects_v2")
         objects: list[ObjectInfo] = []
         pages = 0
         server_time: datetime | None = None
+        extra: dict[str, Any] = {}
+        if start_after and (safe := _lenient_start_after(start_after)):
+            extra["StartAfter"] = safe
         try:
             async for page in paginator.paginate(
-                Bucket=self.name, Prefix=prefix, PaginationConfig={"PageSize": 1000}
+                Bucket=self.name, Prefix=prefix, PaginationConfig={"PageSize": 1000}, **extra
             ):
                 pages += 1
                 self.stats.add("list")
@@ -371,6 +388,9 @@ class S3Bucket(Bucket):
             raise self._map_error(e, "list", prefix) from e
         # S3 already orders by UTF-8 bytes; not every compatible store promises it.
         objects.sort(key=lambda o: o.key)
+        if start_after:
+            # Nor does every store honour StartAfter: enforce it here too.
+            objects = [o for o in objects if o.key > start_after]
         return Listing(
             objects=objects, server_time=server_time or datetime.now(UTC), requests=pages
         )
