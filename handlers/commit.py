@@ -2,6 +2,11 @@
 
 Used by the job runner on success/failure and by the tick for give-ups and for
 repairing a commit that crashed between the fence and the manifest.
+
+After the manifest, a completion-feed record is written (handlers/feed.py). It
+never fails the job: when it cannot be written, the claims are left in place so
+the job looks like an interrupted commit, and the next tick's repair writes the
+manifest and the record again (a job may so appear twice in the feed; never zero).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import json
 
 import structlog
 
+from handlers.feed import write_feed_record
 from handlers.layout import JobRef
 from handlers.storage_retry import with_storage_retries
 from infra.bucket import Bucket
@@ -63,13 +69,38 @@ async def delete_claims(bucket: Bucket, ref: JobRef) -> None:
         await with_storage_retries(lambda key=obj.key: bucket.delete(key))
 
 
+async def record_completion(bucket: Bucket, ref: JobRef, *, failed: bool) -> bool:
+    """Write the job's feed record; False (logged, never raised) when storage failed."""
+    try:
+        key = await write_feed_record(bucket, ref, failed=failed)
+    except Exception as exc:  # after the fence nothing may fail the job
+        log.error(
+            "feed record not written; the claim is kept so the next tick's repair writes it",
+            route=ref.route,
+            key=ref.input_key,
+            error=str(exc),
+        )
+        return False
+    log.debug("feed record written", feed_key=key, route=ref.route)
+    return True
+
+
+async def _publish_and_clean(
+    bucket: Bucket, ref: JobRef, manifest_bytes: bytes, failed: bool
+) -> None:
+    written = await publish_manifest(bucket, ref, manifest_bytes, failed)
+    # No manifest (input replaced, key too long): nothing for a consumer to fetch.
+    if written and not await record_completion(bucket, ref, failed=failed):
+        return
+    await delete_claims(bucket, ref)
+
+
 async def commit(bucket: Bucket, ref: JobRef, manifest_bytes: bytes, *, failed: bool) -> bool:
     """Fence then publish. False means another attempt already committed this job."""
     won = await with_storage_retries(lambda: bucket.create_if_absent(ref.done_key, manifest_bytes))
     if not won:
         return False
-    await publish_manifest(bucket, ref, manifest_bytes, failed)
-    await delete_claims(bucket, ref)
+    await _publish_and_clean(bucket, ref, manifest_bytes, failed)
     return True
 
 
@@ -77,5 +108,4 @@ async def repair(bucket: Bucket, ref: JobRef) -> None:
     """A done marker beside a stale claim: the committer died before finishing."""
     body = await with_storage_retries(lambda: bucket.get_bytes(ref.done_key))
     failed = json.loads(body).get("status") == "failed"
-    await publish_manifest(bucket, ref, body, failed)
-    await delete_claims(bucket, ref)
+    await _publish_and_clean(bucket, ref, body, failed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 INPUTS = "inputs/"
 OUTPUTS = "outputs/"
@@ -153,3 +154,60 @@ def split_input_key(key: str) -> tuple[str, str] | None:
     if not sep or not route:
         return None
     return route, rel
+
+
+# -- downstream consumers: completion feed and webhook delivery records --------------
+
+FEED = f"{INTERNAL}feed/"
+WEBHOOKS = f"{INTERNAL}webhooks/"
+# Fixed width, so lexical key order is time order (and S3 StartAfter works on it).
+FEED_TIME_FORMAT = "%Y%m%dT%H%M%S"
+_FEED_NAME = re.compile(r"^(\d{8}T\d{6}\.\d{3}Z)-([0-9a-f]{24})-([a-z0-9][a-z0-9_-]{0,62})\.json$")
+
+
+def feed_time_token(ts: datetime) -> str:
+    """``20250102T030405.678Z``: UTC, millisecond precision, fixed width."""
+    ts = ts.astimezone(UTC)
+    return f"{ts.strftime(FEED_TIME_FORMAT)}.{ts.microsecond // 1000:03d}Z"
+
+
+def feed_key(ref: JobRef, committed_at: datetime) -> str:
+    """``_dropgpu/feed/<time>-<job hash>-<route>.json``.
+
+    The route is in the name so a consumer of one route skips the others'
+    records without a GET; the job hash keeps same-millisecond records apart.
+    """
+    return f"{FEED}{feed_time_token(committed_at)}-{ref.job_hash}-{ref.route}.json"
+
+
+@dataclass(frozen=True, slots=True)
+class FeedKey:
+    key: str
+    time: datetime
+    job_hash: str
+    route: str
+
+
+def parse_feed_key(key: str) -> FeedKey | None:
+    """A parsed feed key, or None for anything else under (or outside) the feed prefix."""
+    if not key.startswith(FEED):
+        return None
+    m = _FEED_NAME.fullmatch(key[len(FEED) :])
+    if not m:
+        return None
+    try:
+        time = datetime.strptime(m.group(1), f"{FEED_TIME_FORMAT}.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return FeedKey(key, time, m.group(2), m.group(3))
+
+
+def feed_start_key(ts: datetime) -> str:
+    """A StartAfter cursor that lists every feed record at or after ``ts``."""
+    # "<time>" sorts before "<time>-<hash>...", so records at exactly ts are kept.
+    return f"{FEED}{feed_time_token(ts)}"
+
+
+def webhook_record_key(ref: JobRef) -> str:
+    """Where the delivery record of a job's webhook is written."""
+    return f"{WEBHOOKS}{ref.job_id}.json"

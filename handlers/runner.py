@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -44,6 +45,7 @@ from handlers.manifest import (
 from handlers.protocol import HandlerContext, HandlerResult, OutputFile
 from handlers.registry import get_handler
 from handlers.storage_retry import backoff_delay, with_storage_retries
+from handlers.webhooks import notify_in_background
 from infra.bucket import Bucket
 from infra.exceptions import BucketError, ObjectNotFound, PreconditionFailed
 from infra.version import dropgpu_version
@@ -94,8 +96,12 @@ class JobRunner:
         device: DeviceInfo,
         worker_name: str | None = None,
         cache: dict[str, Any] | None = None,
+        runtime_extra: Callable[[float], Mapping[str, Any]] | None = None,
     ) -> None:
         self.bucket = bucket
+        # Executor facts for the manifest's runtime (e.g. Modal: gpu_type, gpu_seconds,
+        # cost_usd), computed from the job's wall seconds when its manifest is built.
+        self.runtime_extra = runtime_extra
         self.scratch_root = scratch_root
         self.device = device
         self.worker_name = worker_name or f"{socket.gethostname()}:{os.getpid()}"
@@ -120,6 +126,7 @@ class JobRunner:
             info=info,
         )
         started_at = utc_now()
+        t_start = time.monotonic()
         timings: dict[str, float | None] = {"download_s": None, "process_s": None, "upload_s": None}
         handler_ran = False
         try:
@@ -163,6 +170,7 @@ class JobRunner:
                 lease.check()
                 # No heartbeat may land after the commit deletes the claim.
                 await lease.stop()
+                manifest = self._with_runtime_extra(manifest, time.monotonic() - t_start, blog)
                 return await self._commit(job, manifest, blog, handler_ran)
         except _Superseded as exc:
             blog.info("claimed version is gone; dropping the job", reason=str(exc))
@@ -185,6 +193,17 @@ class JobRunner:
             shutil.rmtree(scratch, ignore_errors=True)
             with contextlib.suppress(OSError):
                 scratch.parent.rmdir()  # only when no other attempt uses it
+
+    def _with_runtime_extra(self, manifest: Manifest, wall_s: float, blog: Any) -> Manifest:
+        if self.runtime_extra is None:
+            return manifest
+        try:
+            extra = dict(self.runtime_extra(wall_s))
+            runtime = RuntimeInfo(**{**manifest.runtime.model_dump(), **extra})
+        except Exception as exc:  # cost is informative; it never fails a job
+            blog.warning("runtime_extra failed; manifest keeps the basic runtime", error=str(exc))
+            return manifest
+        return manifest.model_copy(update={"runtime": runtime})
 
     # -- steps ---------------------------------------------------------------------
 
@@ -310,6 +329,8 @@ class JobRunner:
         if not won:
             blog.warning("another attempt already committed this job; not writing a manifest")
             return JobOutcome("fenced", handler_ran=handler_ran)
+        # Webhook: started after the commit, in the background; it never fails the job.
+        notify_in_background(self.bucket, job.ref, manifest.to_json_bytes(), job.notify_url)
         blog.info(
             "job committed",
             status=manifest.status,
@@ -457,6 +478,8 @@ async def record_transient_failure(
                 timings=timings,
             )
             won = await commit(bucket, job.ref, manifest.to_json_bytes(), failed=True)
+            if won:  # webhook, as in JobRunner._commit
+                notify_in_background(bucket, job.ref, manifest.to_json_bytes(), job.notify_url)
             blog.warning("gave up", attempts=job.attempt, committed=won)
             return JobOutcome(
                 "failed" if won else "fenced",

@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="pending / running / succeeded / failed per route")
     _add_common(s)
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument(
+        "--cost",
+        action="store_true",
+        help="also sum GPU-seconds and estimated cost per route (one GET per finished job)",
+    )
 
     r = sub.add_parser("retry", help="make finished jobs run again")
     _add_common(r)
@@ -76,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     sm = sub.add_parser("sample", help="write a 10 s test clip (e.g. into inputs/vertical/)")
     sm.add_argument("path", type=Path, help="e.g. bucket/inputs/vertical/sample.mp4")
     sm.add_argument("--seconds", type=float, default=10.0)
+    from infra.modal_deploy import add_deploy_parser
+    from watcher.feed_cli import add_feed_parser
+
+    add_deploy_parser(sub)
+    add_feed_parser(sub)
     return parser
 
 
@@ -152,7 +162,7 @@ async def _cmd_status(args: argparse.Namespace, config: Config) -> int:
     from watcher.status import collect_status, format_status
 
     async with _open(args) as bucket:
-        status = await collect_status(bucket, config)
+        status = await collect_status(bucket, config, cost=args.cost)
     if args.json:
         print(json.dumps({name: asdict(st) for name, st in status.items()}, indent=2))
     else:
@@ -207,6 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "sample":
             return _cmd_sample(args)
+        if args.command == "feed":  # takes no --config
+            from watcher.feed_cli import run_feed
+
+            return run_feed(args)
+        if args.command == "deploy":  # reads its own --config
+            from infra.modal_deploy import run_deploy
+
+            return run_deploy(args)
         config = load_config(args.config)
         return asyncio.run(COMMANDS[args.command](args, config))
     except (WatcherError, BucketConfigError) as exc:

@@ -18,12 +18,13 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from handlers.exceptions import HandlerConfigError
 from handlers.registry import get_handler
+from infra.pricing import PriceTable, parse_gpu
 from watcher.exceptions import ConfigError
 
 ROUTE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -44,9 +45,22 @@ class RouteConfig(BaseModel):
     enabled: bool = True
     # Optional webhook: POST the manifest here when a job of this route commits.
     notify_url: str | None = Field(default=None, pattern=r"^https?://")
-    # Distributed mode (Modal) only.
+    # Distributed mode (Modal) only; None means the [modal] defaults for the handler.
+    # gpu is a Modal GPU spec ("L4", "A10G", "H100:2") or "none" for a CPU container.
     gpu: str | None = None
-    max_containers: int | None = Field(default=None, ge=1)
+    max_containers: int | None = Field(default=None, ge=1, le=1_000)
+    scaledown_window_seconds: int | None = Field(default=None, ge=2, le=3_600)
+    modal_image: Literal["ffmpeg", "torch"] | None = None
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu_is_a_modal_spec(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if v.strip().lower() == "none":
+            return "none"
+        parse_gpu(v)  # ValueError -> one-line config error naming routes.X.gpu
+        return v.strip()
 
     @field_validator("name")
     @classmethod
@@ -106,11 +120,58 @@ class WatchSettings(BaseModel):
         return max(0.5, self.lease_ttl_seconds / 4)
 
 
+class ModalSettings(BaseModel):
+    """``[modal]``: the distributed deployment (infra/modal_app.py).
+
+    Only `dropgpu deploy` / `modal deploy` read it; the local watcher ignores it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    app_name: str = Field(default="dropgpu", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    # Modal Secret holding the bucket credentials (see docs/deploy.md).
+    secret_name: str = Field(default="dropgpu-bucket", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    # Modal Volume mounted as the model store; filled by `pull_models`.
+    volume_name: str = Field(default="dropgpu-models", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    # Watcher schedule: a cron string, or period_seconds for lower latency.
+    # A Period restarts counting at every deploy; a Cron does not.
+    cron: str = "* * * * *"
+    period_seconds: int | None = Field(default=None, ge=5, le=86_400)
+    # GPU per handler kind: ffmpeg routes want NVENC (L4), demucs wants more memory.
+    video_gpu: str = "L4"
+    audio_gpu: str = "A10G"
+    max_containers: int = Field(default=10, ge=1, le=1_000)
+    scaledown_window_seconds: int = Field(default=120, ge=2, le=3_600)
+    # Download + upload + model load on top of the route's handler timeout.
+    timeout_margin_seconds: int = Field(default=600, ge=60, le=7_200)
+    # On Modal a claim can wait for a cold start or a free container before the
+    # worker's first heartbeat, so the deployment uses a longer lease than the
+    # local default. A local `dropgpu watch` on the same bucket should match it.
+    lease_ttl_seconds: float = Field(default=600.0, ge=120, le=86_400)
+    # demucs models pull_models puts into the Volume.
+    models: tuple[str, ...] = ("htdemucs",)
+
+    @field_validator("video_gpu", "audio_gpu")
+    @classmethod
+    def _gpu_is_a_modal_spec(cls, v: str) -> str:
+        parse_gpu(v)
+        return v.strip()
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_has_five_fields(cls, v: str) -> str:
+        if len(v.split()) != 5:
+            raise ValueError(f"{v!r} is not a 5-field cron string like '* * * * *'")
+        return v.strip()
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     watch: WatchSettings = Field(default_factory=WatchSettings)
     routes: dict[str, RouteConfig]
+    modal: ModalSettings = Field(default_factory=ModalSettings)
+    pricing: PriceTable = Field(default_factory=PriceTable)
     source: str = "built-in defaults"
 
     def enabled_routes(self) -> list[RouteConfig]:
@@ -141,10 +202,11 @@ def _format_validation_error(exc: ValidationError, where: str) -> str:
 def build_config(data: dict[str, Any], *, source: str) -> Config:
     """Merge user TOML data over the defaults and validate everything."""
     data = dict(data)
-    unknown = set(data) - {"watch", "routes"}
+    unknown = set(data) - {"watch", "routes", "modal", "pricing"}
     if unknown:
         raise ConfigError(
-            f"{source}: unknown section {sorted(unknown)[0]!r} (expected [watch], [routes.NAME])"
+            f"{source}: unknown section {sorted(unknown)[0]!r} "
+            "(expected [watch], [routes.NAME], [modal], [pricing])"
         )
     routes_data: dict[str, dict[str, Any]] = builtin_routes()
     user_routes = data.get("routes", {})
@@ -181,9 +243,21 @@ def build_config(data: dict[str, Any], *, source: str) -> Config:
         raise ConfigError(_format_validation_error(exc, f"{source}: watch")) from exc
     except TypeError as exc:
         raise ConfigError(f"{source}: watch must be a table") from exc
+    modal = _section(ModalSettings, data, "modal", source)
+    pricing = _section(PriceTable, data, "pricing", source)
     if not any(r.enabled for r in routes.values()):
         raise ConfigError(f"{source}: no enabled routes")
-    return Config(watch=watch, routes=routes, source=source)
+    return Config(watch=watch, routes=routes, modal=modal, pricing=pricing, source=source)
+
+
+def _section(model: type[BaseModel], data: dict[str, Any], name: str, source: str) -> Any:
+    section = data.get(name, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{source}: {name} must be a table ([{name}])")
+    try:
+        return model(**section)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, f"{source}: {name}")) from exc
 
 
 def load_config(path: Path | str | None) -> Config:

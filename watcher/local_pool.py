@@ -69,6 +69,7 @@ def _worker_main(index: int, options: WorkerOptions, tasks: Any, results: Any) -
 async def _worker_loop(index: int, options: WorkerOptions, tasks: Any, results: Any) -> None:
     from gpu.device import select_device
     from handlers.runner import JobRunner
+    from handlers.webhooks import drain_notifications
     from infra.bucket_url import open_bucket
 
     device = select_device(options.device)
@@ -82,6 +83,8 @@ async def _worker_loop(index: int, options: WorkerOptions, tasks: Any, results: 
         while True:
             item = await asyncio.to_thread(tasks.get)
             if item == _STOP:
+                # Webhooks run in the background; let them finish (bounded) before exit.
+                await drain_notifications(timeout=25)
                 break
             spec = JobSpec.from_dict(item)
             try:

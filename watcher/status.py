@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from handlers.layout import JobRef, split_input_key
+from handlers.layout import DONE, JobRef, split_input_key
 from infra.bucket import Bucket
 from infra.exceptions import BucketError
 from watcher.config import Config
@@ -34,11 +34,17 @@ class RouteStatus:
     failed: int = 0
     ignored: int = 0
     running_jobs: list[dict[str, Any]] = field(default_factory=list)
+    # Only with cost=True: sums over every finished job of the route (all versions).
+    cost_usd: float | None = None
+    gpu_seconds: float | None = None
+    costed_jobs: int = 0
 
 
 async def collect_status(
-    bucket: Bucket, config: Config, *, progress: bool = True
+    bucket: Bucket, config: Config, *, progress: bool = True, cost: bool = False
 ) -> dict[str, RouteStatus]:
+    """Counts per route from LISTs; GETs only for progress of running jobs and, with
+    ``cost``, one GET per done marker (the marker holds the full manifest)."""
     snapshot = await take_snapshot(bucket, config, with_failed=True)
     ttl = config.watch.lease_ttl_seconds
     out: dict[str, RouteStatus] = {}
@@ -82,20 +88,59 @@ async def collect_status(
                 except ValueError:
                     pass
             st.running_jobs.append(info)
+    if cost:
+        await _add_costs(bucket, out, snapshot.done)
     return out
+
+
+COST_GET_CONCURRENCY = 16
+
+
+async def _add_costs(bucket: Bucket, out: dict[str, RouteStatus], done: set[str]) -> None:
+    """Sum ``runtime.cost_usd`` / ``gpu_seconds`` of every done marker per route."""
+    limit = asyncio.Semaphore(COST_GET_CONCURRENCY)
+
+    async def runtime_of(job_id: str) -> dict[str, Any]:
+        async with limit:
+            try:
+                data = json.loads(await bucket.get_bytes(f"{DONE}{job_id}"))
+            except (BucketError, ValueError):
+                return {}  # gone meanwhile (retry) or unreadable: not counted
+        runtime = data.get("runtime") if isinstance(data, dict) else None
+        return runtime if isinstance(runtime, dict) else {}
+
+    # Job ids start with "<route>/", so a marker's route needs no GET.
+    jobs = [(route, job_id) for job_id in done for route in out if job_id.startswith(f"{route}/")]
+    runtimes = await asyncio.gather(*(runtime_of(job_id) for _, job_id in jobs))
+    for st in out.values():
+        st.cost_usd, st.gpu_seconds = 0.0, 0.0
+    for (route, _), runtime in zip(jobs, runtimes, strict=True):
+        st = out[route]
+        if isinstance(runtime.get("cost_usd"), int | float):
+            st.cost_usd = round((st.cost_usd or 0.0) + runtime["cost_usd"], 6)
+            st.costed_jobs += 1
+        if isinstance(runtime.get("gpu_seconds"), int | float):
+            st.gpu_seconds = round((st.gpu_seconds or 0.0) + runtime["gpu_seconds"], 3)
 
 
 def format_status(status: dict[str, RouteStatus]) -> str:
     columns = (("pending", 9), ("running", 9), ("retrying", 10), ("succeeded", 11), ("failed", 8))
-    lines = [f"{'route':<14}" + "".join(f"{title:>{w}}" for title, w in columns)]
+    with_cost = any(st.cost_usd is not None for st in status.values())
+    header = f"{'route':<14}" + "".join(f"{title:>{w}}" for title, w in columns)
+    lines = [header + (f"{'gpu_s':>10}{'cost_usd':>11}" if with_cost else "")]
     for name, st in status.items():
         counts = (st.pending, st.running, st.retrying, st.succeeded, st.failed)
         cells = "".join(f"{n:>{w}}" for n, (_, w) in zip(counts, columns, strict=True))
+        if with_cost:
+            cells += f"{st.gpu_seconds or 0:>10.1f}{st.cost_usd or 0:>11.4f}"
         lines.append(f"{name:<14}{cells}")
         for job in st.running_jobs:
             pct = f"{100 * (job.get('progress') or 0):.0f}%"
             phase = job.get("phase") or "?"
             lines.append(f"  running {job['key']}  {phase} {pct}  attempt {job.get('attempt')}")
+    if with_cost:
+        total = sum(st.cost_usd or 0 for st in status.values())
+        lines.append(f"estimated GPU cost, all routes: ${total:.4f} (prices: [pricing])")
     return "\n".join(lines)
 
 

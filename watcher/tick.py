@@ -21,6 +21,7 @@ from handlers.layout import JobRef
 from handlers.lease import claim_body
 from handlers.manifest import iso, utc_now
 from handlers.runner import failed_manifest
+from handlers.webhooks import notify_in_background
 from infra.bucket import Bucket, ObjectInfo
 from infra.exceptions import BucketError
 from watcher.config import Config, RouteConfig
@@ -130,7 +131,12 @@ async def _give_up(bucket: Bucket, config: Config, route: RouteConfig, d: Decisi
     manifest = failed_manifest(
         spec, "gave_up", f"gave up after {used} attempts: {message}", device=None, worker="watcher"
     )
-    return await commit(bucket, d.ref, manifest.to_json_bytes(), failed=True)
+    body = manifest.to_json_bytes()
+    won = await commit(bucket, d.ref, body, failed=True)
+    if won:
+        # Consumers hear about give-ups too; the caller drains pending deliveries.
+        notify_in_background(bucket, d.ref, body, route.notify_url)
+    return won
 
 
 def _soonest(current: float | None, wait: float) -> float:

@@ -19,6 +19,7 @@ from handlers.job import JobSpec
 from handlers.lease import claim_body
 from handlers.manifest import iso, utc_now
 from handlers.runner import JobOutcome, record_transient_failure
+from handlers.webhooks import drain_notifications
 from infra.bucket import Bucket
 from infra.exceptions import BucketConfigError, BucketError
 from watcher.config import Config
@@ -72,6 +73,22 @@ def _record(summary: WatchSummary, spec: JobSpec, outcome: JobOutcome) -> None:
 
 
 async def watch(
+    bucket: Bucket,
+    config: Config,
+    pool: LocalWorkerPool,
+    *,
+    once: bool,
+    interval: float,
+    stop: StopSignal,
+) -> WatchSummary:
+    try:
+        return await _watch(bucket, config, pool, once=once, interval=interval, stop=stop)
+    finally:
+        # Webhooks for give-ups the tick committed; bounded, never blocks for long.
+        await drain_notifications(timeout=25)
+
+
+async def _watch(
     bucket: Bucket,
     config: Config,
     pool: LocalWorkerPool,
