@@ -15,6 +15,9 @@ from handlers.protocol import Handler
 
 BUILTIN_HANDLERS: dict[str, str] = {
     "vertical": "handlers.vertical:VerticalHandler",
+    "proxy": "handlers.proxy:ProxyHandler",
+    "frames": "handlers.frames:FramesHandler",
+    "highlights": "handlers.highlights:HighlightsHandler",
 }
 
 

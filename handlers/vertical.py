@@ -10,41 +10,74 @@ The H.264 encoder is whatever :func:`gpu.encoders.choose_video_encoder` proved t
 work (NVENC, else libx264); filters run on the CPU in both cases, which keeps
 the output identical in geometry whichever encoder ran. If a hardware path fails
 mid-job, the job is retried at once on libx264 rather than failing.
+
+Optional params: a crop window at a horizontal focus point instead of the centre,
+a trim (start/end in the input's timeline), a speed factor (video and audio,
+pitch kept), a text overlay drawn with the font shipped in ``handlers/assets``
+(never a system font path), and an image watermark from a file path in config.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePath
 from typing import Any, ClassVar, Literal
 
 import ffmpeg
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from gpu.encoders import LIBX264, VideoEncoderChoice, choose_video_encoder, encoder_args
-from gpu.ffmpeg_binary import ffmpeg_filters, ffmpeg_version
-from handlers.exceptions import InputError, MediaToolError
+from gpu.ffmpeg_binary import ffmpeg_version
+from handlers.exceptions import HandlerConfigError, InputError, MediaToolError
 from handlers.ffmpeg_run import (
     SAFE_DEMUXERS,
     FfmpegTimeoutError,
     file_url,
     run_ffmpeg,
 )
+from handlers.media_checks import check_complete, coerce_params, require_video
+from handlers.media_encode import can_tonemap, font_file, tonemap_to_sdr
 from handlers.probe import MediaInfo, VideoStream, probe
 from handlers.protocol import HandlerContext, HandlerParams, HandlerResult, OutputFile
 
 OUTPUT_NAME = "vertical.mp4"
-# The output may come out a little shorter than the container says (rounding, a
-# last partial frame); much shorter means the input stopped decoding early.
-_TRUNCATION_RATIO = 0.9
-_TRUNCATION_SLACK_S = 0.5
+# The watermark is our operator's image, read with the one demuxer its type needs.
+WATERMARK_DEMUXERS = {".png": "png_pipe", ".jpg": "jpeg_pipe", ".jpeg": "jpeg_pipe",
+                      ".webp": "webp_pipe"}  # fmt: skip
 
 
 class VerticalParams(HandlerParams):
     width: int = Field(1080, ge=16, le=4096, description="output width in pixels (even)")
     height: int = Field(1920, ge=16, le=4096, description="output height in pixels (even)")
     fps: int = Field(30, ge=1, le=120, description="output frame rate (constant)")
-    crop: Literal["center"] = Field("center", description="which part of the frame to keep")
+    crop: Literal["center", "focus"] = Field(
+        "center", description="keep the centre, or the window around focus_x"
+    )
+    focus_x: float = Field(
+        0.5, ge=0, le=1, description="crop=focus: horizontal focus point, 0 left .. 1 right"
+    )
+    trim_start_s: float = Field(0, ge=0, description="start here in the input (seconds)")
+    trim_end_s: float | None = Field(None, gt=0, description="end here in the input (seconds)")
+    speed: float = Field(1.0, ge=0.25, le=4, description="playback speed (audio pitch kept)")
+    text: str | None = Field(
+        None, min_length=1, max_length=200, description="text drawn over the video"
+    )
+    text_position: Literal["top", "center", "bottom"] = Field("bottom")
+    text_size: int | None = Field(
+        None, ge=8, le=400, description="font size in pixels; None: height / 18"
+    )
+    text_color: str = Field("white", pattern=r"^([a-zA-Z]{3,20}|(#|0x)[0-9a-fA-F]{6})$")
+    watermark: str | None = Field(
+        None, min_length=1, description="PNG/JPEG/WebP file on the worker (absolute path)"
+    )
+    watermark_position: Literal["top-left", "top-right", "bottom-left", "bottom-right"] = Field(
+        "top-right"
+    )
+    watermark_width: float = Field(
+        0.2, gt=0, le=1, description="watermark width as a fraction of the output width"
+    )
+    watermark_opacity: float = Field(1.0, ge=0, le=1)
     quality: int | None = Field(
         None, ge=0, le=51, description="CRF (libx264) or CQ (NVENC); None: encoder default"
     )
@@ -62,10 +95,23 @@ class VerticalParams(HandlerParams):
             raise ValueError("must be an even number of pixels")
         return value
 
+    @field_validator("watermark")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        if value is not None and PurePath(value).suffix.lower() not in WATERMARK_DEMUXERS:
+            raise ValueError(f"must be a {'/'.join(sorted(WATERMARK_DEMUXERS))} image file")
+        return value
+
+    @model_validator(mode="after")
+    def _trim_order(self) -> VerticalParams:
+        if self.trim_end_s is not None and self.trim_end_s <= self.trim_start_s:
+            raise ValueError("trim_end_s must be after trim_start_s")
+        return self
+
 
 class VerticalHandler:
     name: ClassVar[str] = "vertical"
-    version: ClassVar[str] = "1.0.0"
+    version: ClassVar[str] = "1.1.0"
     Params: ClassVar[type[HandlerParams]] = VerticalParams
     extensions: ClassVar[frozenset[str]] = frozenset(
         {
@@ -75,14 +121,13 @@ class VerticalHandler:
     )  # fmt: skip
 
     def run(self, ctx: HandlerContext) -> HandlerResult:
-        params = ctx.params
-        if not isinstance(params, VerticalParams):
-            params = VerticalParams.model_validate(params.model_dump())
+        params = coerce_params(ctx.params, VerticalParams)
         log = ctx.log.bind(handler=self.name)
         ctx.progress(0.0, "probe")
         info = probe(ctx.input_path, deadline=ctx.deadline)
         video = check_input(info, params)
-        duration = min(info.duration_s, params.max_duration_s) if info.duration_s else None
+        duration = output_duration(info, params)
+        overlays = prepare_overlays(params, ctx.work_dir)
 
         choice = choose_video_encoder(ctx.device)
         out_path = ctx.output_dir / OUTPUT_NAME
@@ -94,7 +139,7 @@ class VerticalHandler:
         started = time.monotonic()
         try:
             try:
-                self._encode(ctx, info, video, params, choice, out_path, duration)
+                self._encode(ctx, info, video, params, choice, out_path, duration, overlays)
             except (InputError, FfmpegTimeoutError):
                 raise
             except MediaToolError as exc:
@@ -109,7 +154,7 @@ class VerticalHandler:
                     args=encoder_args(LIBX264),
                     reason=f"{choice.codec}/{choice.hwaccel} failed on this input: libx264",
                 )
-                self._encode(ctx, info, video, params, fallback, out_path, duration)
+                self._encode(ctx, info, video, params, fallback, out_path, duration, overlays)
                 runtime.update(fallback.as_runtime(), hw_error=str(exc)[:300])
             runtime["encode_s"] = round(time.monotonic() - started, 3)
             out = probe(out_path, deadline=ctx.deadline)
@@ -117,17 +162,11 @@ class VerticalHandler:
             out_path.unlink(missing_ok=True)  # never leave a half-written output behind
             raise
 
-        expected = duration
-        if (
-            expected
-            and out.duration_s is not None
-            and (out.duration_s < expected * _TRUNCATION_RATIO - _TRUNCATION_SLACK_S)
-        ):
+        try:
+            check_complete(duration, out.duration_s)
+        except InputError:
             out_path.unlink(missing_ok=True)
-            raise InputError(
-                f"the input is truncated or corrupt: only {out.duration_s:.1f} s of its "
-                f"{expected:.1f} s could be decoded"
-            )
+            raise
         log.info(
             "vertical_done",
             encoder=runtime["video_encoder"],
@@ -150,8 +189,9 @@ class VerticalHandler:
         choice: VideoEncoderChoice,
         out_path: Path,
         duration: float | None,
+        overlays: Overlays,
     ) -> None:
-        args = build_args(ctx.input_path, out_path, info, video, params, choice)
+        args = build_args(ctx.input_path, out_path, info, video, params, choice, overlays)
         run_ffmpeg(
             args,
             deadline=ctx.deadline,
@@ -162,34 +202,63 @@ class VerticalHandler:
 
 def check_input(info: MediaInfo, params: VerticalParams) -> VideoStream:
     """The video stream to reframe, or an InputError saying why there is none."""
-    video = info.video
-    if video is None:
-        got = "audio only" if info.has_audio else "no audio or video"
-        if info.cover_art:
-            got += ", with a cover picture"
-        raise InputError(f"no video stream: the vertical route needs a video file (got {got})")
-    if video.width <= 0 or video.height <= 0:
-        raise InputError(f"the video stream has no frame size ({video.codec}): corrupt file?")
-    if video.width * video.height > params.max_input_pixels:
+    video = require_video(
+        info,
+        "vertical",
+        max_input_pixels=params.max_input_pixels,
+        max_duration_s=params.max_duration_s,
+    )
+    if info.duration_s is not None and params.trim_start_s >= info.duration_s:
         raise InputError(
-            f"the video frame is {video.width}x{video.height}, over the limit of "
-            f"{params.max_input_pixels:,} pixels (max_input_pixels)"
-        )
-    if info.duration_s is not None and info.duration_s > params.max_duration_s:
-        raise InputError(
-            f"the video is {_hms(info.duration_s)} long; this route accepts at most "
-            f"{_hms(params.max_duration_s)} (max_duration_s)"
+            f"trim_start_s is {params.trim_start_s:g} s but the video is only "
+            f"{info.duration_s:.1f} s long"
         )
     return video
 
 
-def can_tonemap() -> bool:
-    """HDR -> SDR needs zscale (libzimg) and tonemap; distro builds usually have both."""
-    return {"zscale", "tonemap"} <= ffmpeg_filters()
+def output_duration(info: MediaInfo, params: VerticalParams) -> float | None:
+    """How long the output should be: trimmed, sped up, capped; None if unknown."""
+    end = info.duration_s
+    if params.trim_end_s is not None:
+        end = params.trim_end_s if end is None else min(end, params.trim_end_s)
+    if end is None:
+        return None
+    return min((end - params.trim_start_s) / params.speed, params.max_duration_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Overlays:
+    """Files the overlay filters read: the text (as a file: no escaping), font, watermark."""
+
+    text_file: Path | None = None
+    font: Path | None = None
+    watermark: Path | None = None
+
+
+def prepare_overlays(params: VerticalParams, work_dir: Path) -> Overlays:
+    text_file = font = watermark = None
+    if params.text:
+        text_file = work_dir / "overlay-text.txt"
+        text_file.write_text(params.text, encoding="utf-8")
+        font = font_file(work_dir)
+    if params.watermark:
+        watermark = Path(params.watermark).expanduser()
+        if not watermark.is_file():
+            raise HandlerConfigError(
+                f"watermark image not found on this worker: {params.watermark} "
+                "(params.watermark must be a readable file path)"
+            )
+    return Overlays(text_file, font, watermark)
 
 
 def video_filters(
-    video: VideoStream, params: VerticalParams, stream: Any, *, tonemap: bool = False
+    video: VideoStream,
+    params: VerticalParams,
+    stream: Any,
+    *,
+    tonemap: bool = False,
+    overlays: Overlays | None = None,
+    watermark: Any = None,
 ) -> Any:
     """Apply the reframing filters to an ffmpeg-python stream and return the result."""
     w, h = params.width, params.height
@@ -198,35 +267,86 @@ def video_filters(
     if not video.square_pixels:
         # Resample to square pixels first so "cover" is computed on what viewers see.
         stream = stream.filter("scale", "trunc(iw*sar/2)*2", "ih").filter("setsar", 1)
+    if params.speed != 1:
+        stream = stream.filter("setpts", f"(PTS-STARTPTS)/{params.speed:g}")
     # Dropping frames before scaling saves work; adding them after does too.
-    fps_first = video.fps is not None and video.fps > params.fps
+    fps_first = video.fps is not None and video.fps * params.speed > params.fps
     if fps_first:
         stream = stream.filter("fps", params.fps)
     stream = stream.filter("scale", w, h, force_original_aspect_ratio="increase")
-    if params.crop == "center":
+    if params.crop == "focus":
+        # Centre the window on the focus point, kept inside the frame.
+        stream = stream.filter("crop", w, h, x=f"clip(iw*{params.focus_x:g}-ow/2,0,iw-ow)", y=0)
+    else:
         stream = stream.filter("crop", w, h)  # x, y default to the centre
     stream = stream.filter("setsar", 1)
     if tonemap and video.color_transfer:
-        # HLG/PQ (phone HDR) squeezed into 8-bit looks washed out: tone-map to
-        # BT.709 SDR, at output size where it is cheapest. The input's transfer is
-        # given explicitly: zscale refuses frames whose tags are incomplete.
-        stream = (
-            stream.filter(
-                "zscale",
-                tin=video.color_transfer,
-                pin="bt2020",
-                min="bt2020nc",
-                t="linear",
-                npl=100,
-            )
-            .filter("format", "gbrpf32le")
-            .filter("zscale", p="bt709")
-            .filter("tonemap", "hable", desat=0)
-            .filter("zscale", t="bt709", m="bt709", r="tv")
-        )
+        stream = tonemap_to_sdr(stream, video)  # at output size, where it is cheapest
     if not fps_first:
         stream = stream.filter("fps", params.fps)
+    overlays = overlays or Overlays()
+    if overlays.text_file is not None and overlays.font is not None:
+        stream = draw_text(stream, params, overlays.text_file, overlays.font)
+    if watermark is not None:
+        stream = place_watermark(stream, watermark, params)
     return stream.filter("format", "yuv420p")
+
+
+def draw_text(stream: Any, params: VerticalParams, text_file: Path, font: Path) -> Any:
+    size = params.text_size or default_text_size(params)
+    margin = params.height // 20
+    y = {
+        "top": str(margin),
+        "center": "(h-text_h)/2",
+        "bottom": f"h-text_h-{margin}",
+    }[params.text_position]
+    return stream.filter(
+        "drawtext",
+        fontfile=str(font),
+        textfile=str(text_file),
+        expansion="none",  # the text is literal: no %{...} expansion
+        fontsize=size,
+        fontcolor=params.text_color,
+        box=1,
+        boxcolor="black@0.45",
+        boxborderw=max(2, size // 3),
+        x="(w-text_w)/2",
+        y=y,
+    )
+
+
+def default_text_size(params: VerticalParams) -> int:
+    """height / 18, smaller if the longest line would not fit the width (no wrapping)."""
+    longest = max(len(line) for line in (params.text or " ").splitlines() or [" "])
+    # DejaVu Sans Bold glyphs average about 0.65 em wide.
+    fit = int(0.92 * params.width / (0.65 * max(1, longest)))
+    return max(8, min(params.height // 18, fit))
+
+
+def place_watermark(stream: Any, image: Any, params: VerticalParams) -> Any:
+    width = max(2, round(params.width * params.watermark_width / 2) * 2)
+    margin = params.width // 30
+    image = image.filter("scale", width, -1).filter("format", "rgba")
+    if params.watermark_opacity < 1:
+        image = image.filter("colorchannelmixer", aa=f"{params.watermark_opacity:g}")
+    left, top = f"{margin}", f"{margin}"
+    right, bottom = f"main_w-overlay_w-{margin}", f"main_h-overlay_h-{margin}"
+    x, y = {
+        "top-left": (left, top),
+        "top-right": (right, top),
+        "bottom-left": (left, bottom),
+        "bottom-right": (right, bottom),
+    }[params.watermark_position]
+    # A still image ends after one frame: repeat it for the whole video.
+    return ffmpeg.overlay(stream, image, x=x, y=y, eof_action="repeat", format="auto")
+
+
+def atempo_chain(stream: Any, speed: float) -> Any:
+    """atempo takes 0.5..100 per instance: chain halves for slower speeds."""
+    while speed < 0.5:
+        stream = stream.filter("atempo", 0.5)
+        speed /= 0.5
+    return stream.filter("atempo", f"{speed:g}")
 
 
 def build_args(
@@ -236,6 +356,7 @@ def build_args(
     video: VideoStream,
     params: VerticalParams,
     choice: VideoEncoderChoice,
+    overlays: Overlays | None = None,
 ) -> list[str]:
     """ffmpeg arguments (no binary) for one vertical encode, via ffmpeg-python."""
     in_opts: dict[str, Any] = {
@@ -244,13 +365,39 @@ def build_args(
     }
     hw = choice.input_args()
     in_opts.update({hw[i].lstrip("-"): hw[i + 1] for i in range(0, len(hw), 2)})
+    # Input seeking: a trim of a long file does not decode what it skips.
+    if params.trim_start_s:
+        in_opts["ss"] = f"{params.trim_start_s:g}"
+    if params.trim_end_s is not None:
+        in_opts["t"] = f"{params.trim_end_s - params.trim_start_s:g}"
     src = ffmpeg.input(file_url(input_path), **in_opts)
+    watermark = None
+    if overlays is not None and overlays.watermark is not None:
+        demuxer = WATERMARK_DEMUXERS[overlays.watermark.suffix.lower()]
+        watermark = ffmpeg.input(
+            file_url(overlays.watermark),
+            f=demuxer,
+            protocol_whitelist="file",
+            format_whitelist=demuxer,
+        ).video
     # Select streams by index: "v:0" could be a cover picture, not the video.
     tonemap = video.hdr and can_tonemap()
-    streams = [video_filters(video, params, src[str(video.index)], tonemap=tonemap)]
+    streams = [
+        video_filters(
+            video,
+            params,
+            src[str(video.index)],
+            tonemap=tonemap,
+            overlays=overlays,
+            watermark=watermark,
+        )
+    ]
     out_opts: dict[str, Any] = _pairs(choice.codec_args(params.quality))
     if info.audio is not None:
-        streams.append(src[str(info.audio.index)])
+        audio = src[str(info.audio.index)]
+        if params.speed != 1:
+            audio = atempo_chain(audio, params.speed)
+        streams.append(audio)
         out_opts.update({"c:a": "aac", "b:a": params.audio_bitrate, "ar": 48000, "ac": 2})
     else:
         out_opts["an"] = None
@@ -275,8 +422,3 @@ def output_summary(out: MediaInfo) -> dict[str, Any]:
 def _pairs(args: list[str]) -> dict[str, str]:
     # Encoder options are "-name value" pairs; ffmpeg-python wants them as kwargs.
     return {args[i].lstrip("-"): args[i + 1] for i in range(0, len(args), 2)}
-
-
-def _hms(seconds: float) -> str:
-    s = round(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

@@ -72,7 +72,7 @@ def _ctx(
 def test_implements_protocol() -> None:
     handler = VerticalHandler()
     assert isinstance(handler, Handler)
-    assert handler.name == "vertical" and handler.version == "1.0.0"
+    assert handler.name == "vertical" and handler.version == "1.1.0"
     assert {".mp4", ".mov", ".mkv", ".webm", ".mts", ".3gp"} <= handler.extensions
     assert all(ext == ext.lower() and ext.startswith(".") for ext in handler.extensions)
 

@@ -1,0 +1,235 @@
+"""The ``proxy`` route (ingest): an edit/review proxy, a poster and the waveform.
+
+One ffmpeg run decodes the input once and writes everything:
+
+- ``proxy.mp4``: H.264/AAC with the short side scaled to at most 720 pixels,
+  aspect ratio kept (square pixels, rotation applied), even sizes, never upscaled;
+- ``poster.jpg``: the most representative of ~30 frames sampled across the whole
+  video (ffmpeg's ``thumbnail`` filter: the frame closest to the average colour
+  histogram), so a fade from black or a slate does not become the poster;
+- mono float PCM in the scratch dir, reduced to ``waveform.json`` (peaks) and
+  ``waveform.png`` by :mod:`handlers.waveform`.
+
+Audio-only inputs get the waveform outputs only; a video without sound gets no
+waveform.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import ffmpeg
+from pydantic import Field, field_validator
+
+from gpu.encoders import VideoEncoderChoice
+from handlers.exceptions import MediaToolError
+from handlers.ffmpeg_run import file_url, run_ffmpeg
+from handlers.media_checks import (
+    MediaLimits,
+    check_complete,
+    check_duration,
+    coerce_params,
+    display_size,
+    fit_even,
+    require_video,
+)
+from handlers.media_encode import codec_kwargs, encode_video, media_input, prepare_video
+from handlers.probe import MediaInfo, VideoStream, probe
+from handlers.protocol import HandlerContext, HandlerParams, HandlerResult, OutputFile
+from handlers.waveform import PcmFormat, WaveformParams, pcm_output, write_waveform
+
+PROXY_NAME = "proxy.mp4"
+POSTER_NAME = "poster.jpg"
+_PCM_NAME = "audio.f32"
+
+VIDEO_EXTENSIONS = frozenset(
+    {
+        ".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mts", ".m2ts", ".ts",
+        ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
+    }
+)  # fmt: skip
+AUDIO_EXTENSIONS = frozenset(
+    {".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".aif", ".aiff", ".wma"}
+)
+
+
+class ProxyParams(MediaLimits):
+    short_side: int = Field(
+        720, ge=144, le=2160, description="the proxy's short side at most (720 = 720p)"
+    )
+    max_fps: int = Field(60, ge=1, le=240, description="faster sources are reduced to this")
+    quality: int | None = Field(
+        None, ge=0, le=51, description="CRF (libx264) or CQ (NVENC); None: encoder default"
+    )
+    audio_bitrate: str = Field("128k", pattern=r"^[1-9][0-9]{1,2}k$", description="AAC bitrate")
+    poster_candidates: int = Field(
+        30, ge=1, le=200, description="frames sampled across the video to pick the poster from"
+    )
+    waveform: WaveformParams = Field(default_factory=WaveformParams)
+
+    @field_validator("short_side")
+    @classmethod
+    def _even(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError("must be an even number of pixels")
+        return value
+
+
+class ProxyHandler:
+    name: ClassVar[str] = "proxy"
+    version: ClassVar[str] = "1.0.0"
+    Params: ClassVar[type[HandlerParams]] = ProxyParams
+    extensions: ClassVar[frozenset[str]] = VIDEO_EXTENSIONS | AUDIO_EXTENSIONS
+
+    def run(self, ctx: HandlerContext) -> HandlerResult:
+        params = coerce_params(ctx.params, ProxyParams)
+        log = ctx.log.bind(handler=self.name)
+        ctx.progress(0.0, "probe")
+        info = probe(ctx.input_path, deadline=ctx.deadline)
+        check_duration(info, params.max_duration_s)
+        video = None
+        if info.has_video:
+            video = require_video(
+                info,
+                self.name,
+                max_input_pixels=params.max_input_pixels,
+                max_duration_s=params.max_duration_s,
+            )
+        duration = min(info.duration_s, params.max_duration_s) if info.duration_s else None
+        pcm = ctx.work_dir / _PCM_NAME if info.has_audio else None
+        pcm_fmt = PcmFormat.for_points_per_second(params.waveform.points_per_second)
+        outputs: list[OutputFile] = []
+        summary: dict[str, Any] = {}
+        runtime: dict[str, Any] = {}
+
+        if video is not None:
+            proxy_path = ctx.output_dir / PROXY_NAME
+            poster_path = ctx.output_dir / POSTER_NAME
+            size = fit_even(*display_size(video), max_short=params.short_side)
+
+            def build(choice: VideoEncoderChoice) -> list[str]:
+                return build_args(
+                    ctx.input_path, ctx.output_dir, info, video, params, choice, size, pcm,
+                    pcm_fmt.sample_rate, duration,
+                )  # fmt: skip
+
+            runtime = encode_video(
+                device=ctx.device,
+                build=build,
+                outputs=[proxy_path, poster_path],
+                deadline=ctx.deadline,
+                duration_s=duration,
+                progress=lambda f: ctx.progress(0.95 * f, "encode"),
+                log_=log,
+            )
+            out = probe(proxy_path, deadline=ctx.deadline)
+            try:
+                check_complete(duration, out.duration_s)
+                if not poster_path.is_file() or poster_path.stat().st_size == 0:
+                    raise MediaToolError("ffmpeg wrote no poster frame")
+            except Exception:
+                proxy_path.unlink(missing_ok=True)
+                poster_path.unlink(missing_ok=True)
+                raise
+            outputs += [
+                OutputFile(PROXY_NAME, proxy_path, "proxy", "video/mp4"),
+                OutputFile(POSTER_NAME, poster_path, "poster", "image/jpeg"),
+            ]
+            summary["proxy"] = _video_summary(out)
+            summary["poster"] = {"width": size[0], "height": size[1]}
+        else:
+            assert pcm is not None  # probe guarantees audio or video
+            src = media_input(ctx.input_path)
+            audio = src[str(info.audio.index)]  # type: ignore[union-attr]
+            args = pcm_output(audio, pcm, pcm_fmt.sample_rate, max_s=params.max_duration_s)
+            run_ffmpeg(
+                args.get_args(),
+                deadline=ctx.deadline,
+                duration_s=duration,
+                progress=lambda f: ctx.progress(0.95 * f, "decode"),
+            )
+
+        if pcm is not None:
+            ctx.progress(0.96, "waveform")
+            files, wave = write_waveform(
+                pcm, ctx.output_dir, ctx.work_dir, params.waveform, deadline=ctx.deadline
+            )
+            if video is None:
+                try:
+                    check_complete(duration, wave["decoded_audio_s"])
+                except Exception:
+                    for f in files:
+                        f.path.unlink(missing_ok=True)
+                    raise
+            pcm.unlink(missing_ok=True)
+            outputs += files
+            summary["waveform"] = wave
+        summary["outputs"] = [o.role for o in outputs]
+        log.info("proxy_done", outputs=[o.name for o in outputs], video=video is not None)
+        return HandlerResult(
+            outputs=outputs, media=info.as_manifest_dict(), runtime=runtime, summary=summary
+        )
+
+
+def build_args(
+    input_path: Path,
+    output_dir: Path,
+    info: MediaInfo,
+    video: VideoStream,
+    params: ProxyParams,
+    choice: VideoEncoderChoice,
+    size: tuple[int, int],
+    pcm: Path | None,
+    pcm_rate: int,
+    duration: float | None,
+) -> list[str]:
+    """ffmpeg arguments (no binary) for proxy + poster (+ PCM for the waveform) in one run."""
+    src = media_input(input_path, hw_args=choice.input_args())
+    # Select streams by index: "v:0" could be a cover picture, not the video.
+    v = prepare_video(src[str(video.index)], video)
+    if video.fps and video.fps > params.max_fps:
+        v = v.filter("fps", params.max_fps)
+    v = v.filter("scale", size[0], size[1]).filter("setsar", 1).filter("format", "yuv420p")
+    branches = v.split()
+    limit = {"t": f"{params.max_duration_s:g}"}
+
+    streams = [branches[0]]
+    out_opts: dict[str, Any] = codec_kwargs(choice.codec_args(params.quality))
+    if info.audio is not None:
+        streams.append(src[str(info.audio.index)])
+        out_opts.update({"c:a": "aac", "b:a": params.audio_bitrate, "ar": 48000, "ac": 2})
+    else:
+        out_opts["an"] = None
+    out_opts.update({"movflags": "+faststart", "sn": None, **limit})
+    proxy = ffmpeg.output(*streams, file_url(output_dir / PROXY_NAME), **out_opts)
+
+    # Sample ~poster_candidates frames evenly over the whole video, keep the most typical.
+    n = params.poster_candidates
+    rate = n / duration if duration else 1.0
+    if video.fps:
+        rate = min(rate, video.fps)
+    poster_stream = branches[1].filter("fps", f"{rate:.6f}").filter("thumbnail", n=n)
+    poster = ffmpeg.output(
+        poster_stream,
+        file_url(output_dir / POSTER_NAME),
+        **{"frames:v": 1, "update": 1, "q:v": 3, "c:v": "mjpeg", "pix_fmt": "yuvj420p"},
+    )
+    outs = [proxy, poster]
+    if pcm is not None and info.audio is not None:
+        audio = src[str(info.audio.index)]
+        outs.append(pcm_output(audio, pcm, pcm_rate, max_s=params.max_duration_s))
+    return ffmpeg.merge_outputs(*outs).get_args()
+
+
+def _video_summary(out: MediaInfo) -> dict[str, Any]:
+    v, a = out.video, out.audio
+    return {
+        "width": v.width if v else None,
+        "height": v.height if v else None,
+        "fps": v.fps if v else None,
+        "duration_s": None if out.duration_s is None else round(out.duration_s, 3),
+        "video_codec": v.codec if v else None,
+        "audio_codec": a.codec if a else None,
+        "size_bytes": out.size_bytes,
+    }
