@@ -92,6 +92,8 @@ class Lease:
             self._task = None
 
     async def __aenter__(self) -> Lease:
+        # Beat at once: the claim may have waited for a busy or starting worker.
+        await self.beat()
         self._task = asyncio.create_task(self._run())
         return self
 

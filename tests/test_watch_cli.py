@@ -50,7 +50,9 @@ def test_concurrent_watchers_process_each_input_exactly_once(
     target: BucketSpec, tmp_path: Path
 ) -> None:
     counter = tmp_path / "runs"
-    config = counting_toml(tmp_path / "dropgpu.toml", counter, sleep_s=0.05)
+    # A generous lease: this test is about races between claimers, not expiry,
+    # and a loaded 2-core CI machine can delay a heartbeat by seconds.
+    config = counting_toml(tmp_path / "dropgpu.toml", counter, ttl=15, sleep_s=0.05)
     n_inputs = 60
 
     async def drop() -> None:

@@ -134,15 +134,20 @@ class LocalWorkerPool:
         Path(self.options.scratch_root).mkdir(parents=True, exist_ok=True)
         self._workers = [self._spawn(i) for i in range(self.size)]
 
+    def _idle(self, w: _Worker) -> bool:
+        # Only a started worker counts: a claim handed to a worker still importing
+        # would age without heartbeats and could be taken over by another watcher.
+        return w.ready and w.job is None and w.process.is_alive()
+
     def free_slots(self) -> int:
-        return sum(1 for w in self._workers if w.job is None and w.process.is_alive())
+        return sum(1 for w in self._workers if self._idle(w))
 
     def busy(self) -> list[JobSpec]:
         return [w.job for w in self._workers if w.job is not None]
 
     def submit(self, spec: JobSpec) -> None:
         for w in self._workers:
-            if w.job is None and w.process.is_alive():
+            if self._idle(w):
                 w.job = spec
                 w.tasks.put(spec.to_dict())
                 return
