@@ -18,6 +18,7 @@ BUILTIN_HANDLERS: dict[str, str] = {
     "proxy": "handlers.proxy:ProxyHandler",
     "frames": "handlers.frames:FramesHandler",
     "highlights": "handlers.highlights:HighlightsHandler",
+    "stems": "handlers.stems:StemsHandler",
 }
 
 

@@ -182,11 +182,20 @@ def test_unusable_bucket_is_one_line_exit_2(s3_target: BucketSpec, tmp_path: Pat
     assert bad_scheme.returncode == 2 and "Traceback" not in bad_scheme.stderr
 
 
-def test_doctor_reports_a_safe_store(target: BucketSpec) -> None:
+def test_doctor_reports_a_safe_store(target: BucketSpec, tmp_path: Path) -> None:
+    # No demucs weights on this machine: with the stems routes on, doctor says so.
     result = run_cli(["doctor", *target.cli_args])
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (
+        "FAIL model htdemucs" in result.stdout and "dropgpu models pull htdemucs" in result.stdout
+    )
     assert "create-if-absent" in result.stdout and "412" in result.stdout
     assert "ffmpeg" in result.stdout
+    no_stems = tmp_path / "dropgpu.toml"
+    no_stems.write_text("[routes.stems]\nenabled = false\n[routes.karaoke]\nenabled = false\n")
+    result = run_cli(["doctor", "--config", str(no_stems), *target.cli_args])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FAIL" not in result.stdout
 
 
 def test_watch_loop_stops_cleanly_on_ctrl_c(target: BucketSpec, tmp_path: Path) -> None:

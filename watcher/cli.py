@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--seconds", type=float, default=10.0)
     from infra.modal_deploy import add_deploy_parser
     from watcher.feed_cli import add_feed_parser
+    from watcher.models_cli import add_models_parser
 
+    add_models_parser(sub)
     add_deploy_parser(sub)
     add_feed_parser(sub)
     return parser
@@ -217,6 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "sample":
             return _cmd_sample(args)
+        if args.command == "models":  # takes no --config
+            from watcher.models_cli import run_models
+
+            return run_models(args)
         if args.command == "feed":  # takes no --config
             from watcher.feed_cli import run_feed
 

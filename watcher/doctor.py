@@ -42,6 +42,9 @@ def local_checks(config: Config) -> list[Check]:
     device = select_device()
     detail = device.name + (f" ({device.gpu_name})" if device.gpu_name else f" ({device.reason})")
     checks.append(Check("device", True, detail))
+    from watcher.models_cli import model_checks
+
+    checks += [Check(name, ok, info) for name, ok, info in model_checks(config)]
     return checks
 
 
