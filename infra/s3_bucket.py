@@ -564,10 +564,12 @@ class S3Bucket(Bucket):
     ) -> bool:
         """PutObject with ``If-None-Match: *``: 412 means someone else created it.
 
-        If botocore had to resend the request (timeout, reset) the 412 may answer
-        our own first attempt; then the object's ETag equals our body's MD5 and we
-        won. Bodies should carry something unique (owner, attempt) so two callers
-        never write identical bytes.
+        If the request was resent (timeout, reset) the 412 may answer our own first
+        attempt; then the object's ETag equals our body's MD5 and we won. Every 412
+        is checked that way (one HEAD per lost race): botocore's RetryAttempts does
+        not see aiohttp's own silent resend of an idempotent PUT whose reused
+        connection was reset after the store applied it. Bodies should carry
+        something unique (owner, attempt) so two callers never write identical bytes.
         """
         self._check_key(key)
         body = bytes(body)
@@ -584,10 +586,8 @@ class S3Bucket(Bucket):
                     IfNoneMatch="*",
                 )
                 return True
-            except PreconditionFailed as e:
-                if getattr(e, "retry_attempts", 0) > 0:
-                    return await self._is_ours(key, body)
-                return False
+            except PreconditionFailed:
+                return await self._is_ours(key, body)
             except _CreateConflict:
                 # 409: a concurrent create of this key is in flight; it will
                 # usually win, so look again briefly, then call it lost.
