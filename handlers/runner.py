@@ -135,6 +135,7 @@ class JobRunner:
                 blog.info("job started", worker=self.worker_name, device=self.device.name)
                 try:
                     params, handler = self._check_job(job)
+                    await self._check_not_done(job)
                     input_path = await self._download(job, scratch, lease, timings)
                     handler_ran = True
                     result = await self._process(
@@ -228,6 +229,18 @@ class JobRunner:
                 f"invalid params for route '{job.route}': {field}: {err['msg']}"
             ) from exc
         return params, handler
+
+    async def _check_not_done(self, job: JobSpec) -> None:
+        """Stop if another attempt already committed this job (one one-key LIST).
+
+        A tick that listed before a commit can create ``attempt-n`` again after
+        that commit deleted the claims. A commit creates the done marker before
+        it deletes claims, so once our claim exists the marker, if any, is listed.
+        """
+        key = job.ref.done_key
+        listing = await with_storage_retries(lambda: self.bucket.list(key))
+        if any(o.key == key for o in listing.objects):
+            raise _Superseded("another attempt already committed this job")
 
     async def _download(
         self, job: JobSpec, scratch: Path, lease: Lease, timings: dict[str, float | None]

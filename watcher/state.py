@@ -59,10 +59,17 @@ class Snapshot:
 
 async def take_snapshot(bucket: Bucket, config: Config, *, with_failed: bool = False) -> Snapshot:
     routes = config.enabled_routes()
-    prefixes = [r.prefix for r in routes] + [DONE, CLAIMS] + ([FAILED] if with_failed else [])
+    # Claims are listed BEFORE done markers, never concurrently: a commit creates
+    # the done marker and then deletes the claims, so a job whose claims are gone
+    # from this listing already has its marker in the next. In parallel, a commit
+    # landing between the two reads made a finished job look new (no marker, no
+    # claim) and it was claimed and run again (fenced, but the handler ran twice).
+    claims_listing = await bucket.list(CLAIMS)
+    prefixes = [r.prefix for r in routes] + [DONE] + ([FAILED] if with_failed else [])
     listings: list[Listing] = await asyncio.gather(*(bucket.list(p) for p in prefixes))
     route_listings = listings[: len(routes)]
-    done_listing, claims_listing = listings[len(routes)], listings[len(routes) + 1]
+    done_listing = listings[len(routes)]
+    listings.append(claims_listing)
     claims: dict[str, JobClaims] = defaultdict(JobClaims)
     for obj in claims_listing.objects:
         parsed = parse_claim_key(obj.key)
@@ -76,7 +83,7 @@ async def take_snapshot(bucket: Bucket, config: Config, *, with_failed: bool = F
             state.failure_key = obj.key
         else:
             state.released = True
-    failed = {o.key[len(FAILED) :] for o in listings[-1].objects} if with_failed else set()
+    failed = {o.key[len(FAILED) :] for o in listings[-2].objects} if with_failed else set()
     return Snapshot(
         # The oldest server clock reading is the safe one for "is it stale yet".
         server_time=min(listing.server_time for listing in listings),
