@@ -45,8 +45,12 @@ class Lease:
         self._info = info
         self._phase = "starting"
         self._progress = 0.0
-        # The claim was created just before the job was handed to us.
+        # The claim was created just before the job was handed to us. _last_ok is
+        # when the last successful heartbeat was *sent*: its PUT landed after that.
         self._last_ok = time.monotonic()
+        # Sticky: once a gap between heartbeats may have let the claim look stale to
+        # others, another watcher may be running this job; a later beat cannot undo it.
+        self._gap: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
@@ -61,16 +65,26 @@ class Lease:
     def check(self) -> None:
         """Raise LeaseLost when the lease may have expired in others' eyes."""
         # Margin: others see LastModified from when the PUT landed, and clocks differ.
+        if self._gap is not None:
+            raise LeaseLost(f"heartbeats were {self._gap:.1f} s apart; the claim may have expired")
         if time.monotonic() - self._last_ok > self._ttl * 0.8:
             raise LeaseLost(f"no successful heartbeat for {time.monotonic() - self._last_ok:.0f} s")
 
     async def beat(self) -> None:
         body = claim_body(phase=self._phase, progress=round(self._progress, 4), **self._info)
+        sent = time.monotonic()
         try:
             await self._bucket.put_bytes(self._key, body)
-            self._last_ok = time.monotonic()
         except BucketError as exc:
             log.warning("heartbeat failed", claim=self._key, error=str(exc))
+            return
+        # The previous beat landed no earlier than it was sent, this one no later
+        # than now: the claim may have looked that old to other watchers.
+        gap = time.monotonic() - self._last_ok
+        if gap > self._ttl * 0.8 and self._gap is None:
+            self._gap = gap
+            log.warning("heartbeat gap longer than the lease allows", claim=self._key, gap_s=gap)
+        self._last_ok = sent
 
     async def _run(self) -> None:
         while True:
