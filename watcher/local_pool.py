@@ -151,6 +151,16 @@ class LocalWorkerPool:
                 w.job = spec
                 w.tasks.put(spec.to_dict())
                 return
+        # A worker counted free when the tick began died (or is restarting) since:
+        # the claim is already won, so hand it to a job-less slot anyway. A live
+        # worker takes it once started; a dead one is reported by poll() with this
+        # job, which then gets a transient failure and is retried.
+        for w in self._workers:
+            if w.job is None:
+                log.warning("submitting to a worker that is not ready", worker=w.index)
+                w.job = spec
+                w.tasks.put(spec.to_dict())
+                return
         raise RuntimeError("no idle worker (the tick claimed more than the free capacity)")
 
     def poll(self) -> PoolEvents:
