@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import mimetypes
 import os
@@ -48,6 +47,7 @@ from handlers.storage_retry import backoff_delay, with_storage_retries
 from handlers.webhooks import notify_in_background
 from infra.bucket import Bucket
 from infra.exceptions import BucketError, ObjectNotFound, PreconditionFailed
+from infra.hashing import sha256_and_size
 from infra.version import dropgpu_version
 
 log = structlog.get_logger(__name__)
@@ -73,16 +73,6 @@ class _Superseded(Exception):
 def _one_line(text: str, limit: int = 500) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _sha256_and_size(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 class JobRunner:
@@ -321,7 +311,7 @@ class JobRunner:
 
         async def upload_one(out: OutputFile) -> OutputInfo:
             async with limit:
-                sha256, size = await asyncio.to_thread(_sha256_and_size, out.path)
+                sha256, size = await asyncio.to_thread(sha256_and_size, out.path)
                 key = job.ref.output_key(out.name)
                 await with_storage_retries(
                     lambda: self.bucket.put_file(key, out.path, content_type=out.content_type)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -47,6 +46,7 @@ from handlers.webhooks import verify_signature
 from infra.bucket import Bucket
 from infra.bucket_url import open_bucket
 from infra.exceptions import ObjectNotFound
+from infra.hashing import sha256_and_size
 
 __all__ = [
     "DEFAULT_OVERLAP_S",
@@ -206,19 +206,9 @@ async def wait_for_manifest(
 # -- outputs ---------------------------------------------------------------------------
 
 
-def _sha256_and_size(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
 async def _download_verified(bucket: Bucket, out: dict[str, Any], dest: Path) -> None:
     await bucket.get_to_file(out["key"], dest)
-    sha256, size = await asyncio.to_thread(_sha256_and_size, dest)
+    sha256, size = await asyncio.to_thread(sha256_and_size, dest)
     if size != out["size"] or sha256 != out["sha256"]:
         with contextlib.suppress(OSError):
             dest.unlink()
