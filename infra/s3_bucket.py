@@ -40,6 +40,7 @@ from infra.exceptions import (
     TransientStorageError,
     UnsafeKeyError,
 )
+from infra.file_window import FileWindow
 
 log = structlog.get_logger(__name__)
 
@@ -502,9 +503,10 @@ class S3Bucket(Bucket):
             for number in numbers:
                 offset = (number - 1) * part_size
                 length = min(part_size, size - offset)
-                data = await asyncio.to_thread(os.pread, fd, length, offset)
-                if len(data) != length:
+                if (await asyncio.to_thread(os.fstat, fd)).st_size < offset + length:
                     raise BucketError(f"put {key!r}: {src} shrank while it was being uploaded")
+                # A file-like window, not bytes: botocore wraps bytes in BytesIO and
+                # aiohttp copies that again, about three part sizes per part in flight.
                 r = await self._call(
                     "multipart",
                     f"upload part {number}/{n_parts} of",
@@ -513,7 +515,8 @@ class S3Bucket(Bucket):
                     Key=key,
                     UploadId=upload_id,
                     PartNumber=number,
-                    Body=data,
+                    Body=FileWindow(fd, offset, length),
+                    ContentLength=length,
                 )
                 etags[number] = r["ETag"]
 
