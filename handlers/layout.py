@@ -24,6 +24,7 @@ MANIFEST_NAME = "manifest.json"
 MAX_KEY_BYTES = 1024
 # Room for "_dropgpu/claims/" + "/attempt-NNN.failed-<13 digits>".
 _MAX_READABLE_JOB_BYTES = 600
+_MAX_SEGMENT_BYTES = 255
 _SAFE_ETAG = re.compile(r"^[A-Za-z0-9-]{1,100}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CLAIM_NAME = re.compile(r"^attempt-(\d{1,6})(?:\.(failed)-(\d{1,16})|\.(released))?$")
@@ -74,6 +75,9 @@ class JobRef:
         if (
             unsafe_rel_reason(self.rel) is None
             and len(readable.encode()) <= _MAX_READABLE_JOB_BYTES
+            # "@<etag>" lengthens the last segment; filesystems and SeaweedFS cap one
+            # path segment at 255 bytes, so such a name must be hashed too.
+            and all(len(seg.encode()) <= _MAX_SEGMENT_BYTES for seg in readable.split("/"))
         ):
             return readable
         digest = hashlib.sha256(self.rel.encode("utf-8", "surrogatepass")).hexdigest()[:40]

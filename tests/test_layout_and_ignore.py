@@ -89,3 +89,10 @@ def test_claim_keys_parse_back() -> None:
     assert r and (r.kind, r.attempt) == ("released", 4)
     assert parse_claim_key("_dropgpu/claims/garbage") is None
     assert parse_claim_key("_dropgpu/claims/x/attempt-1.bogus") is None
+
+
+def test_job_id_is_hashed_when_the_etag_would_push_a_segment_past_255_bytes() -> None:
+    ref = JobRef("vertical", "long/" + "s" * 251 + ".mp4", "0123456789abcdef0123456789abcdef")
+    assert ref.job_id.startswith("vertical/#")
+    for key in (ref.done_key, ref.claim_key(1), ref.failure_key(1, 10**13)):
+        assert all(len(segment.encode()) <= 255 for segment in key.split("/"))
