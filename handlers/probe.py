@@ -179,6 +179,12 @@ def probe(path: Path, *, timeout: float = 30, deadline: float | None = None) -> 
     if not info.has_video and not info.has_audio:
         what = "only a still picture" if info.cover_art else "no audio or video streams"
         raise InputError(f"not a media file ffmpeg can read: it has {what} ({info.format})")
+    if info.format == "wav":
+        # ffmpeg quietly shrinks a WAV's claimed length to the file and decodes what
+        # is there, so a cut-off upload would otherwise pass as a shorter good file.
+        reason = wav_truncation(path, size)
+        if reason:
+            raise InputError(f"the input is truncated or corrupt: {reason}")
 
     if info.duration_s is None:
         # Streamed WebM (browser recordings), raw H.264: no duration in the header.
@@ -188,6 +194,32 @@ def probe(path: Path, *, timeout: float = 30, deadline: float | None = None) -> 
             info = _replace_duration(info, duration)
     log.debug("probed", path=path.name, format=info.format, duration_s=info.duration_s)
     return info
+
+
+_WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # recorders that stream write these, then fix up
+
+
+def wav_truncation(path: Path, size: int) -> str | None:
+    """Why a RIFF/WAVE file is shorter than its own header says, or None."""
+    with path.open("rb") as f:
+        head = f.read(1 << 16)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None  # RF64/BW64 and others keep sizes elsewhere
+    offset = 12
+    while offset + 8 <= len(head):
+        chunk, length = (
+            head[offset : offset + 4],
+            int.from_bytes(head[offset + 4 : offset + 8], "little"),
+        )
+        if chunk == b"data":
+            present = size - (offset + 8)
+            if length in _WAV_UNKNOWN_SIZES or length <= present:
+                return None
+            if length - present <= max(4096, length // 100):
+                return None  # a few missing bytes: a sloppy writer, not a cut-off file
+            return f"the WAV header promises {length} bytes of audio but the file holds {present}"
+        offset += 8 + length + (length & 1)
+    return None
 
 
 def _duration_from_packets(path: Path, timeout: float, deadline: float | None) -> float | None:
