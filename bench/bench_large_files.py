@@ -107,7 +107,7 @@ def main() -> None:
             "s3_peak": S3_PEAK_BOUND,
             "local_growth": LOCAL_BOUND,
             "formula": "s3 put: part_size x (max_concurrency + 2) + 64 MiB; "
-            "s3 get: 64 MiB; local: 32 MiB (peak ru_maxrss minus baseline child)",
+            "s3 get: 64 MiB; local: 32 MiB (peak VmHWM minus baseline child)",
         },
         "machine": {
             "python": platform.python_version(),

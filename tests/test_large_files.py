@@ -1,7 +1,7 @@
 """Large files: a multi-GB object streams through upload and download in bounded memory.
 
 Every transfer runs in a fresh child process (``python -c``, importing only infra)
-so its peak RSS (``ru_maxrss``) is its own: one child only imports dropgpu, opens
+so its peak RSS (``VmHWM``) is its own: one child only imports dropgpu, opens
 the bucket and moves a 1 MiB object each way (the baseline), one runs
 ``put_file`` of the big file, one ``get_to_file`` of it with ``if_match``. The
 stated bounds, from the design (S3Bucket defaults):
@@ -65,7 +65,14 @@ import asyncio, json, os, resource, sys, time
 from pathlib import Path
 
 def maxrss():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    # VmHWM, not ru_maxrss: Linux carries the parent's high-water mark through
+    # fork+exec into ru_maxrss, so a child of a big pytest process would report
+    # the parent's peak. VmHWM belongs to this process's own address space.
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 async def main(a):
     if a["kind"] == "s3":
@@ -114,8 +121,8 @@ class LargeFileResult:
     put_s: float
     get_s: float
     baseline_rss: int  # bytes: a child that only imports, opens and moves 1 MiB
-    put_peak_rss: int  # bytes: ru_maxrss of the child that ran put_file
-    get_peak_rss: int  # bytes: ru_maxrss of the child that ran get_to_file
+    put_peak_rss: int  # bytes: VmHWM of the child that ran put_file
+    get_peak_rss: int  # bytes: VmHWM of the child that ran get_to_file
     put_bound: int  # bytes: the stated bound on put_peak_rss - baseline_rss
     get_bound: int  # bytes: the stated bound on get_peak_rss - baseline_rss
     peak_bound: int | None  # bytes: the stated bound on either absolute peak
