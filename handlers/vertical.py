@@ -27,17 +27,14 @@ from typing import Any, ClassVar, Literal
 import ffmpeg
 from pydantic import Field, field_validator, model_validator
 
-from gpu.encoders import LIBX264, VideoEncoderChoice, choose_video_encoder, encoder_args
-from gpu.ffmpeg_binary import ffmpeg_version
-from handlers.exceptions import HandlerConfigError, InputError, MediaToolError
+from gpu.encoders import VideoEncoderChoice
+from handlers.exceptions import HandlerConfigError, InputError
 from handlers.ffmpeg_run import (
     SAFE_DEMUXERS,
-    FfmpegTimeoutError,
     file_url,
-    run_ffmpeg,
 )
 from handlers.media_checks import check_complete, coerce_params, require_video
-from handlers.media_encode import can_tonemap, font_file, tonemap_to_sdr
+from handlers.media_encode import can_tonemap, encode_video, font_file, tonemap_to_sdr
 from handlers.probe import MediaInfo, VideoStream, probe
 from handlers.protocol import HandlerContext, HandlerParams, HandlerResult, OutputFile
 
@@ -129,43 +126,30 @@ class VerticalHandler:
         duration = output_duration(info, params)
         overlays = prepare_overlays(params, ctx.work_dir)
 
-        choice = choose_video_encoder(ctx.device)
         out_path = ctx.output_dir / OUTPUT_NAME
-        runtime: dict[str, Any] = {**choice.as_runtime(), "ffmpeg": ffmpeg_version()}
+        hdr: dict[str, Any] = {}
         if video.hdr:
-            runtime["hdr_tonemap"] = can_tonemap()
-            if not runtime["hdr_tonemap"]:
+            hdr["hdr_tonemap"] = can_tonemap()
+            if not hdr["hdr_tonemap"]:
                 log.warning("hdr_without_tonemap", reason="ffmpeg lacks zscale/tonemap")
         started = time.monotonic()
+        # Probed encoder, with the shared fall-back to libx264 when a hardware path
+        # fails on this input; a failed encode leaves no output behind.
+        runtime = encode_video(
+            device=ctx.device,
+            build=lambda c: build_args(ctx.input_path, out_path, info, video, params, c, overlays),
+            outputs=[out_path],
+            deadline=ctx.deadline,
+            duration_s=duration,
+            progress=lambda fraction: ctx.progress(fraction, "encode"),
+            log_=log,
+        )
+        runtime.update(hdr, encode_s=round(time.monotonic() - started, 3))
         try:
-            try:
-                self._encode(ctx, info, video, params, choice, out_path, duration, overlays)
-            except (InputError, FfmpegTimeoutError):
-                raise
-            except MediaToolError as exc:
-                if choice.codec == LIBX264 and choice.hwaccel is None:
-                    raise
-                # A hardware path that passed its probe can still fail on a real
-                # input (NVENC session limit, an NVDEC profile it lacks): use the CPU.
-                log.warning("hw_encode_failed_retrying_cpu", error=str(exc), codec=choice.codec)
-                fallback = VideoEncoderChoice(
-                    codec=LIBX264,
-                    hwaccel=None,
-                    args=encoder_args(LIBX264),
-                    reason=f"{choice.codec}/{choice.hwaccel} failed on this input: libx264",
-                )
-                self._encode(ctx, info, video, params, fallback, out_path, duration, overlays)
-                runtime.update(fallback.as_runtime(), hw_error=str(exc)[:300])
-            runtime["encode_s"] = round(time.monotonic() - started, 3)
             out = probe(out_path, deadline=ctx.deadline)
-        except BaseException:
-            out_path.unlink(missing_ok=True)  # never leave a half-written output behind
-            raise
-
-        try:
             check_complete(duration, out.duration_s)
-        except InputError:
-            out_path.unlink(missing_ok=True)
+        except BaseException:
+            out_path.unlink(missing_ok=True)  # never leave a bad or short output behind
             raise
         log.info(
             "vertical_done",
@@ -178,25 +162,6 @@ class VerticalHandler:
             media=info.as_manifest_dict(),
             runtime=runtime,
             summary=output_summary(out),
-        )
-
-    def _encode(
-        self,
-        ctx: HandlerContext,
-        info: MediaInfo,
-        video: VideoStream,
-        params: VerticalParams,
-        choice: VideoEncoderChoice,
-        out_path: Path,
-        duration: float | None,
-        overlays: Overlays,
-    ) -> None:
-        args = build_args(ctx.input_path, out_path, info, video, params, choice, overlays)
-        run_ffmpeg(
-            args,
-            deadline=ctx.deadline,
-            duration_s=duration,
-            progress=lambda fraction: ctx.progress(fraction, "encode"),
         )
 
 

@@ -255,7 +255,7 @@ def test_failing_hardware_path_falls_back_to_cpu(
     media: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     broken = VideoEncoderChoice(NVENC, "cuda", encoder_args(NVENC, None, 0), "pretend", 0)
-    monkeypatch.setattr("handlers.vertical.choose_video_encoder", lambda device: broken)
+    monkeypatch.setattr("handlers.media_encode.choose_video_encoder", lambda device: broken)
     result = VerticalHandler().run(_ctx(tmp_path, media / "silent.mov"))
     assert result.runtime["video_encoder"] == LIBX264 and result.runtime["hwaccel"] is None
     assert result.runtime["hw_error"]
