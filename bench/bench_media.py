@@ -40,9 +40,9 @@ import structlog  # noqa: E402
 from gpu.device import DeviceInfo  # noqa: E402
 from gpu.encoders import encoder_args  # noqa: E402
 from gpu.ffmpeg_binary import ffmpeg_exe, ffmpeg_version  # noqa: E402
-from handlers.runner import JobRunner  # noqa: E402
-from infra.local_bucket import LocalFolderBucket  # noqa: E402
+from handlers.jobs.runner import JobRunner  # noqa: E402
 from infra.log import configure_logging  # noqa: E402
+from infra.storage.local import LocalFolderBucket  # noqa: E402
 from watcher.config import build_config  # noqa: E402
 from watcher.tick import run_tick  # noqa: E402
 

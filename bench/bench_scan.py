@@ -31,10 +31,10 @@ from aiobotocore.session import get_session
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from handlers.layout import JobRef  # noqa: E402
+from handlers.contract.keys import JobRef  # noqa: E402
 from infra.log import configure_logging  # noqa: E402
-from infra.s3_bucket import S3Bucket  # noqa: E402
 from infra.s3_server import SeaweedS3Server  # noqa: E402
+from infra.storage.s3 import S3Bucket  # noqa: E402
 from tests.pipeline_helpers import COUNTING, make_config  # noqa: E402
 from watcher.config import Config  # noqa: E402
 from watcher.state import take_snapshot  # noqa: E402

@@ -147,7 +147,7 @@ def worker(args: argparse.Namespace) -> None:
 def read_wav_f32(path: Path) -> np.ndarray:  # noqa: F821
     import numpy as np
 
-    from handlers.audio_io import decode_to_f32
+    from handlers.media.audio_io import decode_to_f32
 
     raw = path.with_suffix(".f32")
     decode_to_f32(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from infra.errors import DropgpuError
 
-class GpuError(RuntimeError):
+
+class GpuError(DropgpuError, RuntimeError):
     """Base class for errors raised by the gpu package."""
 
 

@@ -8,8 +8,10 @@ backoff up to the route's max_attempts, then "gave_up").
 
 from __future__ import annotations
 
+from infra.errors import DropgpuError
 
-class HandlerError(Exception):
+
+class HandlerError(DropgpuError):
     """Base class for errors raised by handlers."""
 
 

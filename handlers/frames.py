@@ -20,8 +20,7 @@ import ffmpeg
 from pydantic import Field
 
 from handlers.exceptions import MediaToolError
-from handlers.ffmpeg_run import file_url, run_ffmpeg
-from handlers.media_checks import (
+from handlers.media.checks import (
     MediaLimits,
     check_complete,
     coerce_params,
@@ -29,8 +28,9 @@ from handlers.media_checks import (
     fit_even,
     require_video,
 )
-from handlers.media_encode import font_file, media_input, prepare_video
-from handlers.probe import probe
+from handlers.media.encode import font_file, media_input, prepare_video
+from handlers.media.ffmpeg_run import file_url, run_ffmpeg
+from handlers.media.probe import probe
 from handlers.protocol import HandlerContext, HandlerParams, HandlerResult, OutputFile
 from handlers.proxy import VIDEO_EXTENSIONS
 

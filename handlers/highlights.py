@@ -33,8 +33,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from gpu.encoders import VideoEncoderChoice
-from handlers.ffmpeg_run import file_url, run_ffmpeg
-from handlers.media_checks import (
+from handlers.media.checks import (
     MediaLimits,
     check_complete,
     coerce_params,
@@ -43,11 +42,12 @@ from handlers.media_checks import (
     require_audio,
     require_video,
 )
-from handlers.media_encode import codec_kwargs, encode_video, media_input, prepare_video
-from handlers.probe import MediaInfo, VideoStream, probe
+from handlers.media.encode import codec_kwargs, encode_video, media_input, prepare_video
+from handlers.media.ffmpeg_run import file_url, run_ffmpeg
+from handlers.media.probe import MediaInfo, VideoStream, probe
+from handlers.media.waveform import pcm_output, read_pcm
 from handlers.protocol import HandlerContext, HandlerParams, HandlerResult, OutputFile
 from handlers.proxy import VIDEO_EXTENSIONS
-from handlers.waveform import pcm_output, read_pcm
 
 HIGHLIGHTS_JSON = "highlights.json"
 REEL_NAME = "highlights.mp4"

@@ -8,7 +8,7 @@ One ffmpeg run decodes the input once and writes everything:
   video (ffmpeg's ``thumbnail`` filter: the frame closest to the average colour
   histogram), so a fade from black or a slate does not become the poster;
 - mono float PCM in the scratch dir, reduced to ``waveform.json`` (peaks) and
-  ``waveform.png`` by :mod:`handlers.waveform`.
+  ``waveform.png`` by :mod:`handlers.media.waveform`.
 
 Audio-only inputs get the waveform outputs only; a video without sound gets no
 waveform.
@@ -24,8 +24,7 @@ from pydantic import Field, field_validator
 
 from gpu.encoders import VideoEncoderChoice
 from handlers.exceptions import MediaToolError
-from handlers.ffmpeg_run import file_url, run_ffmpeg
-from handlers.media_checks import (
+from handlers.media.checks import (
     MediaLimits,
     check_complete,
     check_duration,
@@ -34,10 +33,11 @@ from handlers.media_checks import (
     fit_even,
     require_video,
 )
-from handlers.media_encode import codec_kwargs, encode_video, media_input, prepare_video
-from handlers.probe import MediaInfo, VideoStream, probe
+from handlers.media.encode import codec_kwargs, encode_video, media_input, prepare_video
+from handlers.media.ffmpeg_run import file_url, run_ffmpeg
+from handlers.media.probe import MediaInfo, VideoStream, probe
+from handlers.media.waveform import PcmFormat, WaveformParams, pcm_output, write_waveform
 from handlers.protocol import HandlerContext, HandlerParams, HandlerResult, OutputFile
-from handlers.waveform import PcmFormat, WaveformParams, pcm_output, write_waveform
 
 PROXY_NAME = "proxy.mp4"
 POSTER_NAME = "poster.jpg"

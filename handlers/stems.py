@@ -25,15 +25,15 @@ from pydantic import Field, model_validator
 from gpu.exceptions import ModelStoreError
 from gpu.models import DEFAULT_MODEL, LoadedModel, model_cache_key, warm_model
 from gpu.separation import SeparationSettings, separate, sub_models
-from handlers.audio_io import (
+from handlers.exceptions import HandlerConfigError, InputError
+from handlers.media.audio_io import (
     CONTENT_TYPES,
     AudioFormat,
     EncodedStem,
     decode_to_f32,
     encode_stem,
 )
-from handlers.exceptions import HandlerConfigError, InputError
-from handlers.probe import MediaInfo, probe
+from handlers.media.probe import MediaInfo, probe
 from handlers.protocol import HandlerContext, HandlerParams, HandlerResult, OutputFile
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$"

@@ -13,7 +13,7 @@ mid-job, the job is retried at once on libx264 rather than failing.
 
 Optional params: a crop window at a horizontal focus point instead of the centre,
 a trim (start/end in the input's timeline), a speed factor (video and audio,
-pitch kept), a text overlay drawn with the font shipped in ``handlers/assets``
+pitch kept), a text overlay drawn with the font shipped in ``handlers/media/assets``
 (never a system font path), and an image watermark from a file path in config.
 """
 
@@ -29,13 +29,13 @@ from pydantic import Field, field_validator, model_validator
 
 from gpu.encoders import VideoEncoderChoice
 from handlers.exceptions import HandlerConfigError, InputError
-from handlers.ffmpeg_run import (
+from handlers.media.checks import check_complete, coerce_params, require_video
+from handlers.media.encode import can_tonemap, encode_video, font_file, tonemap_to_sdr
+from handlers.media.ffmpeg_run import (
     SAFE_DEMUXERS,
     file_url,
 )
-from handlers.media_checks import check_complete, coerce_params, require_video
-from handlers.media_encode import can_tonemap, encode_video, font_file, tonemap_to_sdr
-from handlers.probe import MediaInfo, VideoStream, probe
+from handlers.media.probe import MediaInfo, VideoStream, probe
 from handlers.protocol import HandlerContext, HandlerParams, HandlerResult, OutputFile
 
 OUTPUT_NAME = "vertical.mp4"

@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from infra.exceptions import BucketConfigError
+from infra.storage.errors import BucketConfigError
 
 log = structlog.get_logger(__name__)
 

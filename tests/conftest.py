@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from infra.bucket import Bucket
-from infra.bucket_url import open_bucket
-from infra.local_bucket import LocalFolderBucket
-from infra.s3_bucket import S3Bucket
 from infra.s3_server import SeaweedS3Server
+from infra.storage.bucket import Bucket
+from infra.storage.local import LocalFolderBucket
+from infra.storage.s3 import S3Bucket
+from infra.storage.url import open_bucket
 
 # Dummy credentials: SeaweedFS without IAM config accepts anything, and a test
 # can never sign a request to real AWS with someone's keys.

@@ -2,7 +2,7 @@
 
 Clips are tiny (a second or two, small frames, ``ultrafast``) so a test suite on
 two CPU cores stays quick. These helpers call ffmpeg directly, not through
-``handlers.ffmpeg_run``, so a bug there cannot hide behind broken fixtures.
+``handlers.media.ffmpeg_run``, so a bug there cannot hide behind broken fixtures.
 """
 
 from __future__ import annotations

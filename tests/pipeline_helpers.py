@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from gpu.device import DeviceInfo
-from handlers.job import JobSpec
-from handlers.manifest import validate_manifest
-from handlers.runner import JobOutcome, JobRunner
-from infra.bucket import Bucket
+from handlers.contract.manifest import validate_manifest
+from handlers.jobs.runner import JobOutcome, JobRunner
+from handlers.jobs.spec import JobSpec
+from infra.storage.bucket import Bucket
 from watcher.config import Config, build_config
 from watcher.tick import TickReport, run_tick
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from handlers.layout import CLAIMS, DONE, JobRef
-from infra.exceptions import BucketError
+from handlers.contract.keys import CLAIMS, DONE, JobRef
+from infra.storage.errors import BucketError
 from tests.conftest import BucketSpec
 from tests.corpus import (
     make_corrupt_mp4,

@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 import pytest
 from botocore import exceptions as bce
 
-from infra.bucket import Bucket
-from infra.bucket_url import open_bucket
-from infra.exceptions import (
+from infra.s3_server import SeaweedS3Server
+from infra.storage.bucket import Bucket
+from infra.storage.errors import (
     BucketConfigError,
     BucketError,
     ObjectNotFound,
@@ -28,9 +28,9 @@ from infra.exceptions import (
     TransientStorageError,
     UnsafeKeyError,
 )
-from infra.local_bucket import LocalFolderBucket
-from infra.s3_bucket import MiB, S3Bucket
-from infra.s3_server import SeaweedS3Server
+from infra.storage.local import LocalFolderBucket
+from infra.storage.s3 import MiB, S3Bucket
+from infra.storage.url import open_bucket
 from tests.conftest import TEST_AWS_ENV
 
 T = TypeVar("T")
@@ -551,7 +551,7 @@ def test_local_listing_hides_temp_files_and_caches_etags(tmp_path: Path) -> None
 
 
 def test_local_cache_hit_avoids_rehash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import infra.local_bucket as lb
+    import infra.storage.local as lb
 
     root = tmp_path / "bucket"
     root.mkdir()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from infra.bucket import Bucket
-from infra.s3_bucket import S3Bucket
+from infra.storage.bucket import Bucket
+from infra.storage.s3 import S3Bucket
 
 KEYS = [
     "feed/a",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.consumer import (
+from handlers.contract.consumer import (
     ConsumerError,
     FeedCursor,
     ManifestInvalid,
@@ -23,7 +23,7 @@ from infra.consumer import (
     read_manifest,
     wait_for_manifest,
 )
-from infra.exceptions import ObjectNotFound
+from infra.storage.errors import ObjectNotFound
 from tests.conftest import BucketSpec
 from tests.pipeline_helpers import (
     REPO,
@@ -172,7 +172,7 @@ def test_example_program_follows_completions(s3_target: BucketSpec, tmp_path: Pa
 
 def test_docs_stay_true() -> None:
     """consumers.md shows the example program verbatim; manifest.md's example is valid."""
-    from handlers.manifest import validate_manifest
+    from handlers.contract.manifest import validate_manifest
 
     consumers = (REPO / "docs/consumers.md").read_text()
     example = (REPO / "docs/examples/follow_feed.py").read_text()
@@ -183,4 +183,4 @@ def test_docs_stay_true() -> None:
     validate_manifest(full)
     failed = {**full, **json.loads(blocks[1])}
     validate_manifest(failed)
-    assert "handlers/schema/manifest-v1.schema.json" in manifest_doc
+    assert "handlers/contract/schema/manifest-v1.schema.json" in manifest_doc

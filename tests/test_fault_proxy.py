@@ -13,9 +13,9 @@ import pytest
 from botocore import exceptions as bce
 from botocore.config import Config
 
-from infra.exceptions import TransientStorageError
-from infra.s3_bucket import S3Bucket
 from infra.s3_server import SeaweedS3Server
+from infra.storage.errors import TransientStorageError
+from infra.storage.s3 import S3Bucket
 from tests.fault_proxy import FaultProxy, FaultRates
 
 

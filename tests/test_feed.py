@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from handlers.commit import commit
-from handlers.feed import build_feed_record
-from handlers.layout import FEED, JobRef, parse_feed_key
-from infra.bucket import Bucket
-from infra.consumer import ConsumerError, FeedItem, iter_feed, parse_since
-from infra.exceptions import TransientStorageError
+from handlers.contract.consumer import ConsumerError, FeedItem, iter_feed, parse_since
+from handlers.contract.feed import build_feed_record
+from handlers.contract.keys import FEED, JobRef, parse_feed_key
+from handlers.jobs.commit import commit
+from infra.storage.bucket import Bucket
+from infra.storage.errors import TransientStorageError
 from tests.conftest import BucketSpec
 from tests.pipeline_helpers import (
     REPO,
@@ -229,7 +229,7 @@ def test_parse_since_forms() -> None:
 
 
 def _feed_cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "watcher.feed_cli", *args]
+    return [sys.executable, "-m", "watcher.cli.feed", *args]
 
 
 def test_feed_command(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""handlers.ffmpeg_run: hardening flags, progress, timeouts, error classification."""
+"""handlers.media.ffmpeg_run: hardening flags, progress, timeouts, error classification."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from gpu.ffmpeg_binary import ffmpeg_exe, ffmpeg_version
 from handlers.exceptions import InputError, MediaToolError, TransientError
-from handlers.ffmpeg_run import (
+from handlers.media.ffmpeg_run import (
     FfmpegTimeoutError,
     classify_failure,
     file_url,

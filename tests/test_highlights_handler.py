@@ -18,7 +18,7 @@ from handlers.highlights import (
     choose_reel,
     pick_segments,
 )
-from handlers.probe import probe
+from handlers.media.probe import probe
 from handlers.protocol import Handler, HandlerContext, HandlerParams
 from tests.media import make_audio, make_video
 from tests.test_proxy_handler import ffmpeg

@@ -8,7 +8,7 @@ stated bounds, from the design (S3Bucket defaults):
 
 - ``put_file`` holds one part per worker: peak - baseline
   < part_size x (max_concurrency + 2) + 64 MiB = 16 MiB x 10 + 64 MiB = 224 MiB,
-  and the absolute peak < 400 MB. Parts are sent as file windows (infra/file_window.py)
+  and the absolute peak < 400 MB. Parts are sent as file windows (infra/storage/file_window.py)
   that the HTTP client streams; when they were sent as bytes, botocore's BytesIO
   wrapper and aiohttp's copy of it held ~3 part sizes per part (~400 MiB above
   baseline), which this test caught.
@@ -76,10 +76,10 @@ def maxrss():
 
 async def main(a):
     if a["kind"] == "s3":
-        from infra.s3_bucket import S3Bucket
+        from infra.storage.s3 import S3Bucket
         bucket = S3Bucket(a["target"], endpoint_url=a["endpoint_url"])
     else:
-        from infra.local_bucket import LocalFolderBucket
+        from infra.storage.local import LocalFolderBucket
         bucket = LocalFolderBucket(a["target"])
     out = {}
     work = Path(a["workdir"])

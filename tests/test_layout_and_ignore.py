@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from handlers.layout import MAX_KEY_BYTES, JobRef, parse_claim_key, unsafe_rel_reason
+from handlers.contract.keys import MAX_KEY_BYTES, JobRef, parse_claim_key, unsafe_rel_reason
 from watcher.ignore import ignore_reason
 
 

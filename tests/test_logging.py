@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from infra.local_bucket import LocalFolderBucket
 from infra.log import configure_logging
+from infra.storage.local import LocalFolderBucket
 from tests.pipeline_helpers import counting_route, make_config, put_bytes, run, tick_and_run
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from modal._utils.async_utils import synchronizer
 
-from infra.modal_settings import (
+from infra.deploy.settings import (
     IMAGES,
     REQUIRED_SECRET_KEYS,
     deploy_settings,
@@ -71,12 +71,12 @@ def write_config(tmp_path: Path, extra: str = "", *, count_route: str = "") -> P
 
 
 def import_app(monkeypatch: pytest.MonkeyPatch, config: Path) -> ModuleType:
-    """A fresh import of infra.modal_app with ``config``, no Modal token in sight."""
+    """A fresh import of infra.deploy.modal_app with ``config``, no Modal token in sight."""
     monkeypatch.setenv("DROPGPU_CONFIG", str(config))
     monkeypatch.delenv("MODAL_TOKEN_ID", raising=False)
     monkeypatch.delenv("MODAL_TOKEN_SECRET", raising=False)
-    sys.modules.pop("infra.modal_app", None)
-    return importlib.import_module("infra.modal_app")
+    sys.modules.pop("infra.deploy.modal_app", None)
+    return importlib.import_module("infra.deploy.modal_app")
 
 
 def impl(modal_obj: Any) -> Any:
@@ -112,7 +112,7 @@ def test_import_offline_without_token_and_without_torch(tmp_path: Path) -> None:
                 if name.split(".")[0] in {"torch", "torchaudio", "demucs"}:
                     raise ImportError(f"{name} is not in the watcher image")
         sys.meta_path.insert(0, NoTorch())
-        import infra.modal_app as m
+        import infra.deploy.modal_app as m
         for route in m.RUN_CONFIG.enabled_routes():
             route.accepted_extensions(), route.validated_params()
         print(json.dumps(sorted(m.WORKERS)))
@@ -349,7 +349,7 @@ def run_deploy_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[st
     script = textwrap.dedent(
         """
         import argparse, sys
-        from infra.modal_deploy import add_deploy_parser, run_deploy
+        from infra.deploy.command import add_deploy_parser, run_deploy
         parser = argparse.ArgumentParser(prog="dropgpu")
         add_deploy_parser(parser.add_subparsers(dest="command", required=True))
         sys.exit(run_deploy(parser.parse_args(sys.argv[1:])))

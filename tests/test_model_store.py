@@ -11,7 +11,8 @@ from gpu.exceptions import ModelHubUnreachableError, ModelLoadError, ModelNotFou
 from gpu.models import find_model, list_models, load_model, pull_model, warm_model
 from tests.models_for_tests import make_tiny_store
 from tests.pipeline_helpers import make_config
-from watcher.models_cli import add_models_parser, model_checks, run_models
+from watcher.cli.models import add_models_parser, run_models
+from watcher.doctor import model_checks
 
 
 @pytest.fixture(scope="module")

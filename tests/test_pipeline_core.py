@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 from gpu.device import DeviceInfo
-from handlers.commit import commit
-from handlers.layout import JobRef
-from handlers.runner import JobRunner
-from infra.bucket import Bucket
-from infra.exceptions import BucketError, TransientStorageError
+from handlers.contract.keys import JobRef
+from handlers.jobs.commit import commit
+from handlers.jobs.runner import JobRunner
+from infra.storage.bucket import Bucket
+from infra.storage.errors import BucketError, TransientStorageError
 from tests.conftest import BucketSpec
 from tests.handlers_for_tests import executions
 from tests.pipeline_helpers import (

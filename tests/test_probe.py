@@ -1,4 +1,4 @@
-"""handlers.probe: media facts from `ffmpeg -i` without ffprobe."""
+"""handlers.media.probe: media facts from `ffmpeg -i` without ffprobe."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from handlers.exceptions import InputError, MediaToolError
-from handlers.probe import channels_of, parse_probe_output, probe, split_top_level
+from handlers.media.probe import channels_of, parse_probe_output, probe, split_top_level
 from tests.media import (
     make_audio,
     make_empty,

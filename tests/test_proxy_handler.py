@@ -13,10 +13,10 @@ from pydantic import ValidationError
 
 from gpu.ffmpeg_binary import ffmpeg_exe
 from handlers.exceptions import InputError
-from handlers.probe import probe
+from handlers.media.probe import probe
+from handlers.media.waveform import PcmFormat, compute_peaks, draw_waveform
 from handlers.protocol import Handler, HandlerContext, HandlerParams
 from handlers.proxy import ProxyHandler, ProxyParams
-from handlers.waveform import PcmFormat, compute_peaks, draw_waveform
 from tests.media import make_audio, make_empty, make_text_as_media, make_truncated, make_video
 
 

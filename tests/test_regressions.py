@@ -11,18 +11,18 @@ from typing import Any
 import pytest
 
 from gpu.device import DeviceInfo
-from handlers.job import JobSpec
-from handlers.layout import CLAIMS, DONE, JobRef
-from handlers.lease import Lease, LeaseLost
-from handlers.runner import JobRunner
-from infra.bucket import Bucket, Listing, ObjectInfo
-from infra.local_bucket import LocalFolderBucket
-from infra.s3_bucket import S3Bucket
+from handlers.contract.keys import CLAIMS, DONE, JobRef
+from handlers.jobs.lease import Lease, LeaseLost
+from handlers.jobs.runner import JobRunner
+from handlers.jobs.spec import JobSpec
 from infra.s3_server import SeaweedS3Server
+from infra.storage.bucket import Bucket, Listing, ObjectInfo
+from infra.storage.local import LocalFolderBucket
+from infra.storage.s3 import S3Bucket
 from tests.fault_proxy import FaultProxy, FaultRates
 from tests.handlers_for_tests import executions
 from tests.pipeline_helpers import counting_route, make_config, put_bytes
-from watcher.local_pool import LocalWorkerPool, WorkerOptions, _Worker
+from watcher.local.pool import LocalWorkerPool, WorkerOptions, _Worker
 from watcher.tick import make_job_spec, run_tick
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from handlers.exceptions import HandlerConfigError, InputError
-from handlers.probe import probe
+from handlers.media.probe import probe
 from handlers.protocol import HandlerContext, HandlerResult
 from handlers.stems import StemsHandler, StemsParams
 from tests.media import make_audio, make_empty, make_text_as_media, make_video
@@ -54,7 +54,7 @@ def run_handler(
 
 def decode(path: Path) -> np.ndarray:
     """Decode an output back to float32 (T, 2) with ffmpeg, for sample checks."""
-    from handlers.audio_io import decode_to_f32
+    from handlers.media.audio_io import decode_to_f32
 
     raw = path.with_suffix(".check.f32")
     decode_to_f32(

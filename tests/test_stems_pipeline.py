@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from handlers.probe import probe
+from handlers.media.probe import probe
 from tests.conftest import BucketSpec
 from tests.media import make_audio, make_empty, make_text_as_media, make_video
 from tests.models_for_tests import make_tiny_store
@@ -129,7 +129,7 @@ def test_missing_model_is_a_config_failure_not_a_retry(
     assert result.returncode == 0, result.stderr[-3000:]
 
     async def check() -> None:
-        from infra.local_bucket import LocalFolderBucket
+        from infra.storage.local import LocalFolderBucket
 
         async with LocalFolderBucket(root) as bucket:
             m = await read_manifest(bucket, "outputs/stems/a.wav/manifest.json")

@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 import structlog
 
-from infra.s3_bucket import S3Bucket
 from infra.s3_server import SeaweedS3Server
+from infra.storage.s3 import S3Bucket
 from tests.fault_proxy import FaultProxy, FaultRates
 from tests.handlers_for_tests import executions
 from tests.pipeline_helpers import COUNTING, REPO, cli_env, read_manifest

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 import gpu.encoders as encoders
 from gpu.encoders import LIBX264, NVENC, VideoEncoderChoice, choose_video_encoder, encoder_args
 from handlers.exceptions import InputError, TransientError
-from handlers.probe import probe
+from handlers.media.probe import probe
 from handlers.protocol import Handler, HandlerContext, HandlerParams
 from handlers.vertical import VerticalHandler, VerticalParams, build_args
 from tests.media import (
@@ -216,7 +216,7 @@ def test_argv_is_hardened(media: Path, tmp_path: Path) -> None:
     graph = args[args.index("-filter_complex") + 1]
     assert "force_original_aspect_ratio=increase" in graph and "crop=1080:1920" in graph
     assert args[args.index("-movflags") + 1] == "+faststart"
-    from handlers.ffmpeg_run import harden_args
+    from handlers.media.ffmpeg_run import harden_args
 
     assert "-nostdin" in harden_args(args)
 
@@ -255,7 +255,7 @@ def test_failing_hardware_path_falls_back_to_cpu(
     media: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     broken = VideoEncoderChoice(NVENC, "cuda", encoder_args(NVENC, None, 0), "pretend", 0)
-    monkeypatch.setattr("handlers.media_encode.choose_video_encoder", lambda device: broken)
+    monkeypatch.setattr("handlers.media.encode.choose_video_encoder", lambda device: broken)
     result = VerticalHandler().run(_ctx(tmp_path, media / "silent.mov"))
     assert result.runtime["video_encoder"] == LIBX264 and result.runtime["hwaccel"] is None
     assert result.runtime["hw_error"]

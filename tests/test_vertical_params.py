@@ -10,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from handlers.exceptions import HandlerConfigError, InputError
-from handlers.media_encode import FONT_NAME, font_file
-from handlers.probe import probe
+from handlers.media.encode import FONT_NAME, font_file
+from handlers.media.probe import probe
 from handlers.protocol import HandlerContext
 from handlers.vertical import VerticalHandler, VerticalParams, atempo_chain
 from tests.test_proxy_handler import decode_image, ffmpeg

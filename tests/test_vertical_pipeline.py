@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 from pathlib import Path
 
-from handlers.probe import probe
+from handlers.media.probe import probe
 from tests.conftest import BucketSpec
 from tests.media import (
     make_audio,
@@ -103,7 +103,7 @@ def test_quickstart_default_bucket_full_size(tmp_path: Path) -> None:
     manifest_path = tmp_path / "bucket/outputs/vertical/sample.mp4/manifest.json"
 
     async def check() -> dict:
-        from infra.local_bucket import LocalFolderBucket
+        from infra.storage.local import LocalFolderBucket
 
         async with LocalFolderBucket(tmp_path / "bucket") as bucket:
             return await read_manifest(bucket, "outputs/vertical/sample.mp4/manifest.json")

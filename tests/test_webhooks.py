@@ -14,20 +14,22 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from handlers import webhooks
-from handlers.layout import JobRef, webhook_record_key
-from handlers.webhooks import (
+from handlers.contract.consumer import read_manifest
+from handlers.contract.keys import JobRef, webhook_record_key
+from handlers.contract.signature import (
     DELIVERY_HEADER,
     EVENT_HEADER,
-    SECRET_ENV,
     SIGNATURE_HEADER,
-    WebhookPolicy,
-    deliver,
-    drain_notifications,
     sign,
     verify_signature,
 )
-from infra.consumer import read_manifest
+from handlers.jobs import webhooks
+from handlers.jobs.webhooks import (
+    SECRET_ENV,
+    WebhookPolicy,
+    deliver,
+    drain_notifications,
+)
 from tests.conftest import BucketSpec
 from tests.pipeline_helpers import counting_route, make_config, put_bytes, run, tick_and_run
 

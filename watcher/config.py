@@ -121,7 +121,7 @@ class WatchSettings(BaseModel):
 
 
 class ModalSettings(BaseModel):
-    """``[modal]``: the distributed deployment (infra/modal_app.py).
+    """``[modal]``: the distributed deployment (infra/deploy/modal_app.py).
 
     Only `dropgpu deploy` / `modal deploy` read it; the local watcher ignores it.
     """

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from infra.bucket import Bucket
-from infra.exceptions import BucketError
+from infra.storage.bucket import Bucket
+from infra.storage.errors import BucketError
 from watcher.config import Config
 from watcher.store_check import check_create_only
+
+_STEMS_HANDLERS = frozenset({"stems", "handlers.stems:StemsHandler"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +44,6 @@ def local_checks(config: Config) -> list[Check]:
     device = select_device()
     detail = device.name + (f" ({device.gpu_name})" if device.gpu_name else f" ({device.reason})")
     checks.append(Check("device", True, detail))
-    from watcher.models_cli import model_checks
-
     checks += [Check(name, ok, info) for name, ok, info in model_checks(config)]
     return checks
 
@@ -68,4 +68,28 @@ async def bucket_checks(bucket: Bucket) -> list[Check]:
         )
     except BucketError as exc:
         checks.append(Check("create-if-absent", False, f"could not test: {exc}"))
+    return checks
+
+
+def model_checks(config: Config) -> list[tuple[str, bool, str]]:
+    """One (name, ok, detail) per model a stems route of ``config`` needs."""
+    from gpu.models import find_model, missing_message
+
+    needed: dict[str, list[str]] = {}
+    for route in config.enabled_routes():
+        if route.handler in _STEMS_HANDLERS or route.handler.endswith(":StemsHandler"):
+            try:
+                model = str(route.validated_params().model)
+            except Exception:  # config validation already reported it
+                continue
+            needed.setdefault(model, []).append(route.name)
+    checks = []
+    for model, routes in sorted(needed.items()):
+        entry = find_model(model)
+        name = f"model {model}"
+        used = f"(routes {', '.join(routes)})"
+        if entry is None:
+            checks.append((name, False, f"{missing_message(model)} {used}"))
+        else:
+            checks.append((name, True, f"{entry.location}: {entry.path} {used}"))
     return checks

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from infra.errors import DropgpuError
 
-class WatcherError(Exception):
+
+class WatcherError(DropgpuError):
     """Base class for control-plane errors."""
 
 

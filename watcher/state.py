@@ -12,8 +12,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from handlers.layout import CLAIMS, DONE, FAILED, JobRef, parse_claim_key
-from infra.bucket import Bucket, Listing, ObjectInfo
+from handlers.contract.keys import CLAIMS, DONE, FAILED, JobRef, parse_claim_key
+from infra.storage.bucket import Bucket, Listing, ObjectInfo
 from watcher.config import Config, RouteConfig
 from watcher.ignore import ignore_reason
 

@@ -7,9 +7,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from handlers.layout import DONE, JobRef, split_input_key
-from infra.bucket import Bucket
-from infra.exceptions import BucketError
+from handlers.contract.keys import DONE, JobRef, split_input_key
+from infra.storage.bucket import Bucket
+from infra.storage.errors import BucketError
 from watcher.config import Config
 from watcher.state import (
     CLAIMABLE,

@@ -12,8 +12,8 @@ import contextlib
 import uuid
 from dataclasses import dataclass
 
-from handlers.layout import INTERNAL
-from infra.bucket import Bucket
+from handlers.contract.keys import INTERNAL
+from infra.storage.bucket import Bucket
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from handlers.commit import commit, repair
-from handlers.job import JobSpec, RetryPolicy
-from handlers.layout import JobRef
-from handlers.lease import claim_body
-from handlers.manifest import iso, utc_now
-from handlers.runner import failed_manifest
-from handlers.webhooks import notify_in_background
-from infra.bucket import Bucket, ObjectInfo
-from infra.exceptions import BucketError
+from handlers.contract.keys import JobRef
+from handlers.contract.manifest import iso, utc_now
+from handlers.jobs.commit import commit, repair
+from handlers.jobs.lease import claim_body
+from handlers.jobs.runner import failed_manifest
+from handlers.jobs.spec import JobSpec, RetryPolicy
+from handlers.jobs.webhooks import notify_in_background
+from infra.storage.bucket import Bucket, ObjectInfo
+from infra.storage.errors import BucketError
 from watcher.config import Config, RouteConfig
 from watcher.state import (
     CLAIMABLE,

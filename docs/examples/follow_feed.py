@@ -21,8 +21,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from infra.bucket import Bucket
-from infra.consumer import (
+from handlers.contract.consumer import (
     ConsumerError,
     FeedCursor,
     FeedItem,
@@ -32,7 +31,8 @@ from infra.consumer import (
     output_dir_for,
     read_manifest,
 )
-from infra.exceptions import BucketError, ObjectNotFound
+from infra.storage.bucket import Bucket
+from infra.storage.errors import BucketError, ObjectNotFound
 
 
 async def handle(bucket: Bucket, item: FeedItem, dest: Path) -> str:

@@ -1,0 +1,120 @@
+"""Ending a job (DESIGN §5.3): fence, manifest, failed index, claim cleanup.
+
+Used by the job runner on success/failure and by the tick for give-ups and for
+repairing a commit that crashed between the fence and the manifest.
+
+After the manifest, a completion-feed record (its format: handlers/contract/feed.py)
+is written. It never fails the job: when it cannot be written, the claims are left in place so
+the job looks like an interrupted commit, and the next tick's repair writes the
+manifest and the record again (a job may so appear twice in the feed; never zero).
+"""
+
+from __future__ import annotations
+
+import json
+
+import structlog
+
+from handlers.contract.feed import build_feed_record
+from handlers.contract.keys import JobRef
+from handlers.jobs.retry import with_storage_retries
+from infra.storage.bucket import Bucket
+
+log = structlog.get_logger(__name__)
+
+
+async def current_etag(bucket: Bucket, key: str) -> str | None:
+    """The input's current ETag from a one-key LIST (no HEAD: works with list-only IAM)."""
+    listing = await with_storage_retries(lambda: bucket.list(key))
+    for obj in listing.objects:
+        if obj.key == key:
+            return obj.etag
+    return None
+
+
+async def publish_manifest(
+    bucket: Bucket, ref: JobRef, manifest_bytes: bytes, failed: bool
+) -> bool:
+    """Write manifest.json (and the failed index) from a committed job.
+
+    Skips the manifest when the input has since been replaced by new bytes, so an
+    old version finishing late never overwrites the newer version's manifest.
+    Returns whether the manifest was written.
+    """
+    written = False
+    if not ref.manifest_key_fits():
+        log.error(
+            "manifest key too long; result kept only in the done marker",
+            route=ref.route,
+            key=ref.input_key[:200],
+            done_key=ref.done_key,
+        )
+    elif await current_etag(bucket, ref.input_key) in (ref.etag, None):
+        await with_storage_retries(
+            lambda: bucket.put_bytes(
+                ref.manifest_key, manifest_bytes, content_type="application/json"
+            )
+        )
+        written = True
+    else:
+        log.info("input replaced by newer bytes; not overwriting its manifest", key=ref.input_key)
+    if failed:
+        await with_storage_retries(lambda: bucket.put_bytes(ref.failed_index_key, b"{}"))
+    return written
+
+
+async def delete_claims(bucket: Bucket, ref: JobRef) -> None:
+    listing = await with_storage_retries(lambda: bucket.list(ref.claims_prefix))
+    for obj in listing.objects:
+        await with_storage_retries(lambda key=obj.key: bucket.delete(key))
+
+
+async def write_feed_record(bucket: Bucket, ref: JobRef, *, failed: bool) -> str:
+    """Write the record now; returns its key. Raises BucketError when storage fails."""
+    # The time is taken just before the PUT so that the gap between a record's
+    # timestamp and the moment it becomes visible is one PUT (plus retries).
+    key, body = build_feed_record(ref, failed=failed)
+    await with_storage_retries(lambda: bucket.put_bytes(key, body, content_type="application/json"))
+    return key
+
+
+async def record_completion(bucket: Bucket, ref: JobRef, *, failed: bool) -> bool:
+    """Write the job's feed record; False (logged, never raised) when storage failed."""
+    try:
+        key = await write_feed_record(bucket, ref, failed=failed)
+    except Exception as exc:  # after the fence nothing may fail the job
+        log.error(
+            "feed record not written; the claim is kept so the next tick's repair writes it",
+            route=ref.route,
+            key=ref.input_key,
+            error=str(exc),
+        )
+        return False
+    log.debug("feed record written", feed_key=key, route=ref.route)
+    return True
+
+
+async def _publish_and_clean(
+    bucket: Bucket, ref: JobRef, manifest_bytes: bytes, failed: bool
+) -> None:
+    written = await publish_manifest(bucket, ref, manifest_bytes, failed)
+    # No manifest (input replaced, key too long): nothing for a consumer to fetch.
+    if written and not await record_completion(bucket, ref, failed=failed):
+        return
+    await delete_claims(bucket, ref)
+
+
+async def commit(bucket: Bucket, ref: JobRef, manifest_bytes: bytes, *, failed: bool) -> bool:
+    """Fence then publish. False means another attempt already committed this job."""
+    won = await with_storage_retries(lambda: bucket.create_if_absent(ref.done_key, manifest_bytes))
+    if not won:
+        return False
+    await _publish_and_clean(bucket, ref, manifest_bytes, failed)
+    return True
+
+
+async def repair(bucket: Bucket, ref: JobRef) -> None:
+    """A done marker beside a stale claim: the committer died before finishing."""
+    body = await with_storage_retries(lambda: bucket.get_bytes(ref.done_key))
+    failed = json.loads(body).get("status") == "failed"
+    await _publish_and_clean(bucket, ref, body, failed)

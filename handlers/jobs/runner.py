@@ -1,0 +1,510 @@
+"""The job runner (DESIGN §5): download, run the handler, upload, commit.
+
+This is the only data-plane code that touches the bucket. Handlers are pure
+file-to-file functions called in a thread while the lease heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import mimetypes
+import os
+import re
+import shutil
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from gpu.device import DeviceInfo
+from handlers.contract.keys import unsafe_rel_reason
+from handlers.contract.manifest import (
+    ErrorInfo,
+    HandlerInfo,
+    InputInfo,
+    Manifest,
+    OutputInfo,
+    RuntimeInfo,
+    Timings,
+    iso,
+    utc_now,
+)
+from handlers.exceptions import HandlerConfigError, InputError
+from handlers.jobs.commit import commit
+from handlers.jobs.lease import Lease, LeaseLost
+from handlers.jobs.retry import backoff_delay, with_storage_retries
+from handlers.jobs.spec import JobSpec
+from handlers.jobs.webhooks import notify_in_background
+from handlers.protocol import HandlerContext, HandlerResult, OutputFile
+from handlers.registry import get_handler
+from infra.hashing import sha256_and_size
+from infra.storage.bucket import Bucket
+from infra.storage.errors import BucketError, ObjectNotFound, PreconditionFailed
+from infra.version import dropgpu_version
+
+log = structlog.get_logger(__name__)
+
+_SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
+_OUTPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
+UPLOAD_CONCURRENCY = 4
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    # succeeded | failed | retry | superseded | fenced | lease_lost
+    status: str
+    message: str = ""
+    manifest_key: str | None = None
+    handler_ran: bool = False
+
+
+class _Superseded(Exception):
+    """The claimed version is gone or replaced: nothing to do for this job."""
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class JobRunner:
+    """Runs jobs in one worker; keeps per-worker warm state across jobs."""
+
+    def __init__(
+        self,
+        bucket: Bucket,
+        *,
+        scratch_root: Path,
+        device: DeviceInfo,
+        worker_name: str | None = None,
+        cache: dict[str, Any] | None = None,
+        runtime_extra: Callable[[float], Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.bucket = bucket
+        # Executor facts for the manifest's runtime (e.g. Modal: gpu_type, gpu_seconds,
+        # cost_usd), computed from the job's wall seconds when its manifest is built.
+        self.runtime_extra = runtime_extra
+        self.scratch_root = scratch_root
+        self.device = device
+        self.worker_name = worker_name or f"{socket.gethostname()}:{os.getpid()}"
+        self.cache = cache if cache is not None else {}
+
+    async def run(self, job: JobSpec) -> JobOutcome:
+        ref = job.ref
+        blog = log.bind(
+            route=job.route,
+            key=ref.input_key,
+            etag=job.etag,
+            attempt=job.attempt,
+            job_id=ref.job_id,
+        )
+        scratch = self.scratch_root / ref.job_hash / f"attempt-{job.attempt}"
+        info = {"job_id": ref.job_id, "input_key": ref.input_key, "attempt": job.attempt}
+        lease = Lease(
+            self.bucket,
+            job.claim_key,
+            ttl=job.lease_ttl_seconds,
+            interval=job.heartbeat_seconds,
+            info=info,
+        )
+        started_at = utc_now()
+        t_start = time.monotonic()
+        timings: dict[str, float | None] = {"download_s": None, "process_s": None, "upload_s": None}
+        handler_ran = False
+        try:
+            async with lease:
+                scratch.mkdir(parents=True, exist_ok=True)
+                blog.info("job started", worker=self.worker_name, device=self.device.name)
+                try:
+                    params, handler = self._check_job(job)
+                    await self._check_not_done(job)
+                    input_path = await self._download(job, scratch, lease, timings)
+                    handler_ran = True
+                    result = await self._process(
+                        job, handler, params, input_path, scratch, lease, timings
+                    )
+                    lease.check()
+                    outputs = await self._upload(job, result.outputs, lease, timings)
+                    lease.check()
+                    manifest = build_manifest(
+                        job,
+                        "succeeded",
+                        device=self.device,
+                        worker=self.worker_name,
+                        started_at=started_at,
+                        timings=timings,
+                        params=params.model_dump(mode="json"),
+                        handler=(handler.name, handler.version),
+                        result=result,
+                        outputs=outputs,
+                    )
+                except (InputError, HandlerConfigError) as exc:
+                    kind = "input" if isinstance(exc, InputError) else "config"
+                    blog.warning("job failed", error_kind=kind, error=_one_line(str(exc)))
+                    manifest = failed_manifest(
+                        job,
+                        kind,
+                        str(exc),
+                        device=self.device,
+                        worker=self.worker_name,
+                        started_at=started_at,
+                        timings=timings,
+                    )
+                lease.check()
+                # No heartbeat may land after the commit deletes the claim.
+                await lease.stop()
+                manifest = self._with_runtime_extra(manifest, time.monotonic() - t_start, blog)
+                return await self._commit(job, manifest, blog, handler_ran)
+        except _Superseded as exc:
+            blog.info("claimed version is gone; dropping the job", reason=str(exc))
+            await self._drop_claim(job)
+            return JobOutcome("superseded", str(exc), handler_ran=handler_ran)
+        except LeaseLost as exc:
+            # Do not commit: another watcher may be running this job now.
+            blog.error("lease lost; abandoning attempt without committing", error=str(exc))
+            return JobOutcome("lease_lost", str(exc), handler_ran=handler_ran)
+        except Exception as exc:
+            message = _one_line(f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc))
+            if isinstance(exc, BucketError | OSError | MemoryError | TimeoutError):
+                blog.warning("job attempt failed (transient)", error=message)
+            else:
+                blog.exception("job attempt failed (unexpected error, treated as transient)")
+            return await self._transient_failure(
+                job, started_at, timings, message, blog, handler_ran
+            )
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                scratch.parent.rmdir()  # only when no other attempt uses it
+
+    def _with_runtime_extra(self, manifest: Manifest, wall_s: float, blog: Any) -> Manifest:
+        if self.runtime_extra is None:
+            return manifest
+        try:
+            extra = dict(self.runtime_extra(wall_s))
+            runtime = RuntimeInfo(**{**manifest.runtime.model_dump(), **extra})
+        except Exception as exc:  # cost is informative; it never fails a job
+            blog.warning("runtime_extra failed; manifest keeps the basic runtime", error=str(exc))
+            return manifest
+        return manifest.model_copy(update={"runtime": runtime})
+
+    # -- steps ---------------------------------------------------------------------
+
+    def _check_job(self, job: JobSpec):  # -> (HandlerParams, Handler)
+        reason = unsafe_rel_reason(job.rel)
+        if reason:
+            raise InputError(f"unsafe object key ({reason}); rename the file and drop it again")
+        suffix = PurePosixPath(job.rel).suffix.lower()
+        if job.extensions and suffix not in job.extensions:
+            shown = suffix or "(no extension)"
+            raise InputError(
+                f"unsupported file type {shown} for route '{job.route}'; "
+                f"accepted: {', '.join(sorted(job.extensions))}"
+            )
+        handler = get_handler(job.handler)
+        try:
+            params = handler.Params(**job.params)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            raise HandlerConfigError(
+                f"invalid params for route '{job.route}': {field}: {err['msg']}"
+            ) from exc
+        return params, handler
+
+    async def _check_not_done(self, job: JobSpec) -> None:
+        """Stop if another attempt already committed this job (one one-key LIST).
+
+        A tick that listed before a commit can create ``attempt-n`` again after
+        that commit deleted the claims. A commit creates the done marker before
+        it deletes claims, so once our claim exists the marker, if any, is listed.
+        """
+        key = job.ref.done_key
+        listing = await with_storage_retries(lambda: self.bucket.list(key))
+        if any(o.key == key for o in listing.objects):
+            raise _Superseded("another attempt already committed this job")
+
+    async def _download(
+        self, job: JobSpec, scratch: Path, lease: Lease, timings: dict[str, float | None]
+    ) -> Path:
+        lease.set_phase("download")
+        suffix = PurePosixPath(job.rel).suffix
+        # Scratch names come from hashes; only a plain suffix survives, as a hint for ffmpeg.
+        input_path = scratch / ("input" + (suffix if _SAFE_SUFFIX.fullmatch(suffix) else ""))
+        t0 = time.monotonic()
+        try:
+            await with_storage_retries(
+                lambda: self.bucket.get_to_file(job.ref.input_key, input_path, if_match=job.etag)
+            )
+        except PreconditionFailed as exc:
+            raise _Superseded("input was replaced by new bytes after the claim") from exc
+        except ObjectNotFound as exc:
+            raise _Superseded("input was deleted after the claim") from exc
+        timings["download_s"] = round(time.monotonic() - t0, 3)
+        return input_path
+
+    async def _process(
+        self,
+        job: JobSpec,
+        handler: Any,
+        params: Any,
+        input_path: Path,
+        scratch: Path,
+        lease: Lease,
+        timings: dict[str, float | None],
+    ) -> HandlerResult:
+        lease.set_phase("process")
+        output_dir = scratch / "out"
+        work_dir = scratch / "work"
+        output_dir.mkdir(exist_ok=True)
+        work_dir.mkdir(exist_ok=True)
+        ctx = HandlerContext(
+            input_path=input_path,
+            output_dir=output_dir,
+            work_dir=work_dir,
+            params=params,
+            device=self.device.name,
+            deadline=time.monotonic() + job.timeout_seconds,
+            progress=lease.update,
+            cache=self.cache,
+            log=log.bind(
+                route=job.route, key=job.ref.input_key, etag=job.etag, attempt=job.attempt
+            ),
+        )
+        t0 = time.monotonic()
+        try:
+            # The handler enforces ctx.deadline itself (ffmpeg is killed); the extra
+            # grace here only catches a handler that ignores it.
+            result = await asyncio.wait_for(
+                asyncio.to_thread(handler.run, ctx), timeout=job.timeout_seconds + 30
+            )
+        except TimeoutError as exc:
+            raise TimeoutError(
+                f"handler exceeded the route timeout of {job.timeout_seconds:.0f} s"
+            ) from exc
+        timings["process_s"] = round(time.monotonic() - t0, 3)
+        if not result.outputs:
+            raise RuntimeError(f"handler {handler.name} produced no outputs")
+        return result
+
+    async def _upload(
+        self,
+        job: JobSpec,
+        outputs: list[OutputFile],
+        lease: Lease,
+        timings: dict[str, float | None],
+    ) -> list[OutputInfo]:
+        lease.set_phase("upload")
+        names = [o.name for o in outputs]
+        if len(set(names)) != len(names) or any(not _OUTPUT_NAME.fullmatch(n) for n in names):
+            raise RuntimeError(f"handler returned invalid output names: {names}")
+        t0 = time.monotonic()
+        limit = asyncio.Semaphore(UPLOAD_CONCURRENCY)
+
+        async def upload_one(out: OutputFile) -> OutputInfo:
+            async with limit:
+                sha256, size = await asyncio.to_thread(sha256_and_size, out.path)
+                key = job.ref.output_key(out.name)
+                await with_storage_retries(
+                    lambda: self.bucket.put_file(key, out.path, content_type=out.content_type)
+                )
+                return OutputInfo(
+                    key=key, size=size, sha256=sha256, content_type=out.content_type, role=out.role
+                )
+
+        infos = await asyncio.gather(*(upload_one(o) for o in outputs))
+        timings["upload_s"] = round(time.monotonic() - t0, 3)
+        return list(infos)
+
+    async def _commit(
+        self, job: JobSpec, manifest: Manifest, blog: Any, handler_ran: bool
+    ) -> JobOutcome:
+        failed = manifest.status == "failed"
+        won = await commit(self.bucket, job.ref, manifest.to_json_bytes(), failed=failed)
+        if not won:
+            blog.warning("another attempt already committed this job; not writing a manifest")
+            return JobOutcome("fenced", handler_ran=handler_ran)
+        # Webhook: started after the commit, in the background; it never fails the job.
+        notify_in_background(self.bucket, job.ref, manifest.to_json_bytes(), job.notify_url)
+        blog.info(
+            "job committed",
+            status=manifest.status,
+            manifest=job.ref.manifest_key,
+            process_s=manifest.timings.process_s,
+        )
+        message = manifest.error.message if manifest.error else ""
+        return JobOutcome(manifest.status, message, job.ref.manifest_key, handler_ran)
+
+    async def _transient_failure(
+        self,
+        job: JobSpec,
+        started_at: datetime,
+        timings: dict[str, float | None],
+        message: str,
+        blog: Any,
+        handler_ran: bool,
+    ) -> JobOutcome:
+        outcome = await record_transient_failure(
+            self.bucket,
+            job,
+            message,
+            device=self.device,
+            worker=self.worker_name,
+            started_at=started_at,
+            timings=timings,
+            blog=blog,
+        )
+        return JobOutcome(outcome.status, outcome.message, outcome.manifest_key, handler_ran)
+
+    async def _drop_claim(self, job: JobSpec) -> None:
+        try:
+            await self.bucket.delete(job.claim_key)
+        except BucketError as exc:
+            log.warning("could not delete claim", claim=job.claim_key, error=str(exc))
+
+
+# -- manifests -------------------------------------------------------------------------
+
+
+def build_manifest(
+    job: JobSpec,
+    status: str,
+    *,
+    device: DeviceInfo | None,
+    worker: str,
+    started_at: datetime | None,
+    timings: dict[str, float | None],
+    params: dict[str, Any],
+    handler: tuple[str, str],
+    result: HandlerResult | None = None,
+    outputs: list[OutputInfo] | None = None,
+    error: ErrorInfo | None = None,
+) -> Manifest:
+    media = dict(result.media) if result else {}
+    for reserved in ("key", "etag", "size", "content_type", "last_modified"):
+        media.pop(reserved, None)
+    runtime: dict[str, Any] = dict(result.runtime) if result else {}
+    return Manifest(
+        status=status,  # type: ignore[arg-type]
+        job_id=job.ref.job_id,
+        route=job.route,
+        handler=HandlerInfo(name=handler[0], version=handler[1]),
+        params=params,
+        input=InputInfo(
+            key=job.ref.input_key,
+            etag=job.etag,
+            size=job.size,
+            content_type=mimetypes.guess_type(job.rel)[0],
+            last_modified=job.last_modified,
+            **media,
+        ),
+        outputs=outputs or [],
+        result=dict(result.summary) if result else {},
+        error=error,
+        attempts=job.attempt,
+        timings=Timings(
+            claimed_at=job.claimed_at,
+            started_at=iso(started_at),
+            finished_at=iso(utc_now()) or "",
+            **timings,
+        ),
+        runtime=RuntimeInfo(
+            host=socket.gethostname(),
+            device=device.name if device else None,
+            gpu_name=device.gpu_name if device else None,
+            dropgpu_version=dropgpu_version(),
+            worker=worker,
+            **runtime,
+        ),
+    )
+
+
+def failed_manifest(
+    job: JobSpec,
+    kind: str,
+    message: str,
+    *,
+    device: DeviceInfo | None,
+    worker: str,
+    started_at: datetime | None = None,
+    timings: dict[str, float | None] | None = None,
+) -> Manifest:
+    try:
+        handler = get_handler(job.handler)
+        ident = (handler.name, handler.version)
+    except HandlerConfigError:
+        ident = (job.handler, "unknown")
+    return build_manifest(
+        job,
+        "failed",
+        device=device,
+        worker=worker,
+        started_at=started_at,
+        timings=timings or {},
+        params=job.params,
+        handler=ident,
+        error=ErrorInfo(kind=kind, message=_one_line(message, 1000)),  # type: ignore[arg-type]
+    )
+
+
+async def record_transient_failure(
+    bucket: Bucket,
+    job: JobSpec,
+    message: str,
+    *,
+    device: DeviceInfo | None,
+    worker: str,
+    started_at: datetime | None = None,
+    timings: dict[str, float | None] | None = None,
+    blog: Any = None,
+) -> JobOutcome:
+    """Schedule a retry with backoff, or commit "gave_up" after the last attempt."""
+    blog = blog or log.bind(route=job.route, key=job.ref.input_key, attempt=job.attempt)
+    policy = job.retry
+    try:
+        if job.attempt >= policy.max_attempts:
+            manifest = failed_manifest(
+                job,
+                "gave_up",
+                f"gave up after {job.attempt} attempts: {message}",
+                device=device,
+                worker=worker,
+                started_at=started_at,
+                timings=timings,
+            )
+            won = await commit(bucket, job.ref, manifest.to_json_bytes(), failed=True)
+            if won:  # webhook, as in JobRunner._commit
+                notify_in_background(bucket, job.ref, manifest.to_json_bytes(), job.notify_url)
+            blog.warning("gave up", attempts=job.attempt, committed=won)
+            return JobOutcome(
+                "failed" if won else "fenced",
+                manifest.error.message if manifest.error else "",
+                job.ref.manifest_key if won else None,
+            )
+        delay = backoff_delay(job.attempt, policy.backoff_base_seconds, policy.backoff_max_seconds)
+        retry_at_ms = int((time.time() + delay) * 1000)
+        body = json.dumps(
+            {
+                "kind": "transient",
+                "message": message,
+                "attempt": job.attempt,
+                "retry_at": iso(datetime.fromtimestamp(retry_at_ms / 1000, UTC)),
+            },
+            ensure_ascii=False,
+        ).encode()
+        await with_storage_retries(
+            lambda: bucket.create_if_absent(job.ref.failure_key(job.attempt, retry_at_ms), body)
+        )
+        blog.info("attempt will be retried", retry_in_s=round(delay, 1), error=message)
+        return JobOutcome("retry", message)
+    except Exception as exc:  # storage is down: the lease expiry retries the job
+        blog.error("could not record the failure; the lease expiry will retry", error=str(exc))
+        return JobOutcome("retry", message)

@@ -1,0 +1,64 @@
+"""What a worker needs to run one claimed job: plain data, safe to pickle or send.
+
+The watcher builds a JobSpec when it wins a claim; executors (local worker
+processes, Modal ``.spawn``) pass it to the job runner. It carries keys and
+settings, never file bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from handlers.contract.keys import JobRef
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 3
+    backoff_base_seconds: float = 30.0
+    backoff_max_seconds: float = 900.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    route: str
+    rel: str
+    etag: str
+    size: int
+    last_modified: str  # ISO-8601 UTC
+    attempt: int
+    claimed_at: str  # ISO-8601 UTC
+    handler: str
+    params: dict[str, Any]
+    extensions: tuple[str, ...]
+    timeout_seconds: float
+    lease_ttl_seconds: float
+    heartbeat_seconds: float
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    notify_url: str | None = None
+
+    @property
+    def ref(self) -> JobRef:
+        return JobRef(self.route, self.rel, self.etag)
+
+    @property
+    def claim_key(self) -> str:
+        return self.ref.claim_key(self.attempt)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["extensions"] = list(self.extensions)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        data = dict(data)
+        data["extensions"] = tuple(data["extensions"])
+        data["retry"] = RetryPolicy(**data.get("retry", {}))
+        return cls(**data)
+
+
+def parse_iso(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))

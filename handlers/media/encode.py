@@ -1,0 +1,144 @@
+"""ffmpeg-python building blocks shared by the media handlers.
+
+- :func:`media_input`: an ffmpeg-python input with the hardening options
+  (``file:`` URL, protocol and demuxer whitelists) that ``handlers.media.ffmpeg_run``
+  requires; every graph starts here.
+- :func:`prepare_video`: deinterlace, square pixels and HDR tone-mapping, so each
+  route sees the picture viewers see.
+- :func:`encode_video`: run an H.264 encode with the probed encoder and fall back
+  to libx264 at once if a hardware path fails on this input.
+- :func:`font_file`: the font shipped in ``handlers/media/assets`` for text overlays.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import ffmpeg
+import structlog
+
+from gpu.encoders import LIBX264, VideoEncoderChoice, choose_video_encoder, encoder_args
+from gpu.ffmpeg_binary import ffmpeg_filters, ffmpeg_version
+from handlers.exceptions import InputError, MediaToolError
+from handlers.media.ffmpeg_run import SAFE_DEMUXERS, FfmpegTimeoutError, file_url, run_ffmpeg
+from handlers.media.probe import VideoStream
+
+log = structlog.get_logger(__name__)
+
+FONT_NAME = "DejaVuSans-Bold.ttf"
+# Paths that need no escaping inside a filter graph.
+_PLAIN_PATH = re.compile(r"^[A-Za-z0-9/._+-]+$")
+
+
+def media_input(path: Path, *, hw_args: list[str] | None = None, **options: Any) -> Any:
+    """An ffmpeg-python input for a local media file, hardened as run_ffmpeg expects."""
+    opts: dict[str, Any] = {
+        "protocol_whitelist": "file",
+        "format_whitelist": ",".join(SAFE_DEMUXERS),
+    }
+    hw = hw_args or []
+    opts.update({hw[i].lstrip("-"): hw[i + 1] for i in range(0, len(hw), 2)})
+    opts.update(options)
+    return ffmpeg.input(file_url(path), **opts)
+
+
+def can_tonemap() -> bool:
+    """HDR -> SDR needs zscale (libzimg) and tonemap; distro builds usually have both."""
+    return {"zscale", "tonemap"} <= ffmpeg_filters()
+
+
+def prepare_video(stream: Any, video: VideoStream, *, tonemap: bool = True) -> Any:
+    """Deinterlace and resample to square pixels; tone-map HDR when ``tonemap``."""
+    if video.interlaced:
+        stream = stream.filter("bwdif", mode="send_frame")
+    if not video.square_pixels:
+        # Resample to square pixels first so sizes are computed on what viewers see.
+        stream = stream.filter("scale", "trunc(iw*sar/2)*2", "ih").filter("setsar", 1)
+    if tonemap and video.hdr and can_tonemap():
+        stream = tonemap_to_sdr(stream, video)
+    return stream
+
+
+def tonemap_to_sdr(stream: Any, video: VideoStream) -> Any:
+    # HLG/PQ (phone HDR) squeezed into 8-bit looks washed out: tone-map to BT.709
+    # SDR. The input's transfer is given explicitly: zscale refuses frames whose
+    # tags are incomplete.
+    return (
+        stream.filter(
+            "zscale", tin=video.color_transfer, pin="bt2020", min="bt2020nc", t="linear", npl=100
+        )
+        .filter("format", "gbrpf32le")
+        .filter("zscale", p="bt709")
+        .filter("tonemap", "hable", desat=0)
+        .filter("zscale", t="bt709", m="bt709", r="tv")
+    )
+
+
+def codec_kwargs(args: list[str]) -> dict[str, str]:
+    """Encoder options are "-name value" pairs; ffmpeg-python wants them as kwargs."""
+    return {args[i].lstrip("-"): args[i + 1] for i in range(0, len(args), 2)}
+
+
+def encode_video(
+    *,
+    device: str,
+    build: Callable[[VideoEncoderChoice], list[str]],
+    outputs: list[Path],
+    deadline: float,
+    duration_s: float | None,
+    progress: Callable[[float], None],
+    log_: Any = log,
+) -> dict[str, Any]:
+    """Run ``build(choice)`` through run_ffmpeg; return the facts for ``result.runtime``.
+
+    A hardware path that passed its probe can still fail on a real input (an
+    NVENC session limit, an NVDEC profile it lacks): then the encode is re-run on
+    libx264 at once rather than failing the job. ``outputs`` are removed on any
+    failure so no half-written file is left behind.
+    """
+    choice = choose_video_encoder(device)
+    runtime: dict[str, Any] = {**choice.as_runtime(), "ffmpeg": ffmpeg_version()}
+
+    def run(c: VideoEncoderChoice) -> None:
+        run_ffmpeg(build(c), deadline=deadline, duration_s=duration_s, progress=progress)
+
+    try:
+        try:
+            run(choice)
+        except (InputError, FfmpegTimeoutError):
+            raise
+        except MediaToolError as exc:
+            if choice.codec == LIBX264 and choice.hwaccel is None:
+                raise
+            log_.warning("hw_encode_failed_retrying_cpu", error=str(exc), codec=choice.codec)
+            fallback = VideoEncoderChoice(
+                codec=LIBX264,
+                hwaccel=None,
+                args=encoder_args(LIBX264),
+                reason=f"{choice.codec}/{choice.hwaccel} failed on this input: libx264",
+            )
+            run(fallback)
+            runtime.update(fallback.as_runtime(), hw_error=str(exc)[:300])
+    except BaseException:
+        for path in outputs:
+            path.unlink(missing_ok=True)
+        raise
+    return runtime
+
+
+def font_file(work_dir: Path) -> Path:
+    """The shipped font as a path a filter graph can name without escaping."""
+    ref = resources.files("handlers.media") / "assets" / FONT_NAME
+    if isinstance(ref, Path) and _PLAIN_PATH.fullmatch(str(ref)):
+        return ref
+    # Zipped install, or a path with spaces or colons: a copy under the scratch dir is
+    # simpler than getting two levels of filter-graph escaping right.
+    copy = work_dir / FONT_NAME
+    with resources.as_file(ref) as path:
+        shutil.copyfile(path, copy)
+    return copy

@@ -1,0 +1,360 @@
+"""dropgpu on Modal: the same watcher, claims, runner and handlers; only the executor differs.
+
+Deploy with `dropgpu deploy` (or `modal deploy -m infra.deploy.modal_app`); fill the model
+store with `modal run -m infra.deploy.modal_app::pull_models`. docs/deploy.md walks through it.
+
+What gets deployed (settings from dropgpu.toml via infra/deploy/settings.py):
+- ``watch_tick``: a scheduled function (Cron every minute by default) on a slim
+  image without torch. It lists the bucket, claims new inputs and ``.spawn``s one
+  call per claim on the route's worker class, passing the JobSpec as plain data
+  (keys and settings, never file bytes).
+- ``Worker_<route>``: one class per route, with the route's GPU, max_containers,
+  scaledown window and timeout. ``@modal.enter`` picks the device and warms the
+  handler once per container; ``run_job`` runs the shared JobRunner.
+- ``pull_models``: downloads demucs weights into the model Volume.
+
+Routes are read at import time, from ``DROPGPU_CONFIG`` or ./dropgpu.toml (else
+the built-in defaults). The file is shipped to the containers, so the classes
+defined there match the ones deployed. Importing this module needs no network
+and no Modal token: Secrets and Volumes are lazy references.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import modal
+import structlog
+
+from infra.deploy.settings import IMAGES as IMAGE_RECIPES
+from infra.deploy.settings import (
+    LOCAL_PACKAGES,
+    MODEL_DIR,
+    PYTHON_VERSION,
+    REMOTE_CONFIG_PATH,
+    SCRATCH_DIR,
+    DeploySettings,
+    ImageRecipe,
+    WorkerSettings,
+    deploy_settings,
+    effective_config,
+)
+from infra.pricing import gpu_runtime
+from watcher.config import DEFAULT_CONFIG_FILE, Config, load_config
+
+log = structlog.get_logger(__name__)
+CONFIG_ENV = "DROPGPU_CONFIG"
+# spawn(class_name, job_spec_dict): start one job without waiting for it.
+Spawn = Callable[[str, dict[str, Any]], Any]
+
+
+def config_path() -> Path | None:
+    """The routes file this deployment uses: $DROPGPU_CONFIG, else ./dropgpu.toml, else none."""
+    raw = os.environ.get(CONFIG_ENV)
+    if raw:
+        return Path(raw).expanduser().absolute()
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default.absolute() if default.is_file() else None
+
+
+CONFIG_PATH = config_path()
+CONFIG = load_config(CONFIG_PATH)
+SETTINGS = deploy_settings(CONFIG)
+# What the watcher and workers run with: the lease TTL comes from [modal].
+RUN_CONFIG = effective_config(CONFIG)
+
+
+def _extra_packages() -> list[str]:
+    """Top-level packages of custom "package.module:Attr" handlers, shipped with the code."""
+    extra = []
+    for route in CONFIG.enabled_routes():
+        m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)[A-Za-z0-9_.]*:.+", route.handler)
+        if m and m.group(1) not in LOCAL_PACKAGES and m.group(1) not in extra:
+            extra.append(m.group(1))
+    return extra
+
+
+def _image(recipe: ImageRecipe) -> modal.Image:
+    env = dict(recipe.env)
+    if CONFIG_PATH is not None:
+        env[CONFIG_ENV] = REMOTE_CONFIG_PATH
+    image = (
+        modal.Image.debian_slim(python_version=PYTHON_VERSION)
+        .pip_install(*recipe.pip)
+        .env(env)
+        # Source and config are added at container start (not baked into a layer),
+        # so a code or config change does not rebuild the torch image. Data files
+        # (the manifest schema, assets) ship too; caches do not.
+        .add_local_python_source(
+            *LOCAL_PACKAGES, *_extra_packages(), ignore=["**/__pycache__", "**/*.pyc"]
+        )
+    )
+    if CONFIG_PATH is not None:
+        image = image.add_local_file(CONFIG_PATH, REMOTE_CONFIG_PATH)
+    return image
+
+
+IMAGES: dict[str, modal.Image] = {name: _image(r) for name, r in IMAGE_RECIPES.items()}
+# Bucket credentials; Modal refuses to deploy when a required key is missing.
+BUCKET_SECRET = modal.Secret.from_name(
+    SETTINGS.secret_name, required_keys=list(SETTINGS.required_secret_keys)
+)
+MODEL_VOLUME = modal.Volume.from_name(SETTINGS.volume_name, create_if_missing=True)
+SCHEDULE: modal.Cron | modal.Period = (
+    modal.Period(seconds=SETTINGS.schedule.period_seconds)
+    if SETTINGS.schedule.kind == "period"
+    else modal.Cron(SETTINGS.schedule.cron or "* * * * *")
+)
+
+app = modal.App(SETTINGS.app_name, include_source=False)
+
+
+# -- the bucket, from the Secret's environment -------------------------------------------
+
+
+def open_bucket_from_env():  # -> Bucket
+    from infra.storage.errors import BucketConfigError
+    from infra.storage.url import open_bucket
+
+    url = os.environ.get("DROPGPU_BUCKET", "").strip()
+    if not url:
+        raise BucketConfigError(
+            f"DROPGPU_BUCKET is not set: add it (s3://<bucket>) to the Modal Secret "
+            f"'{SETTINGS.secret_name}' (see docs/deploy.md)"
+        )
+    return open_bucket(url, endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or None)
+
+
+# -- the watcher ----------------------------------------------------------------------------
+
+
+async def route_capacity(bucket: Any, config: Config, settings: DeploySettings) -> dict[str, int]:
+    """Free worker slots per route: max_containers minus jobs with a live claim.
+
+    A claim starts its lease when the watcher writes it; a spawn that waited in
+    Modal's queue for a free container would let that lease run down and be
+    retried while still queued. So, as the local pool does, claim only what a
+    container can start now. Routes with nothing to claim, repair or give up get
+    -1 (skipped). One LIST snapshot for all routes, no GETs.
+    """
+    from watcher.state import CLAIMABLE, GIVE_UP, REPAIR, RUNNING, classify, take_snapshot
+
+    snapshot = await take_snapshot(bucket, config)
+    ttl = config.watch.lease_ttl_seconds
+    free: dict[str, int] = {}
+    for route in config.enabled_routes():
+        states = [
+            classify(snapshot, route, obj, lease_ttl_seconds=ttl).state
+            for obj in snapshot.inputs.get(route.name, [])
+        ]
+        if not any(s in (CLAIMABLE, GIVE_UP, REPAIR) for s in states):
+            free[route.name] = -1
+            continue
+        running = sum(1 for s in states if s == RUNNING)
+        free[route.name] = max(0, settings.workers[route.name].max_containers - running)
+    return free
+
+
+async def _release(bucket: Any, spec: Any) -> None:
+    # A released attempt is retried by the next tick and does not count against max_attempts.
+    from handlers.contract.manifest import iso, utc_now
+    from handlers.jobs.lease import claim_body
+    from infra.storage.errors import BucketError
+
+    try:
+        body = claim_body(released_at=iso(utc_now()))
+        await bucket.create_if_absent(spec.ref.released_key(spec.attempt), body)
+    except BucketError as exc:
+        log.warning("could not release claim; it expires with its lease", error=str(exc))
+
+
+async def run_watcher_tick(
+    bucket: Any, config: Config, settings: DeploySettings, spawn: Spawn
+) -> dict[str, Any]:
+    """Tick each route that has work, claiming at most its free capacity, and spawn."""
+    from watcher.tick import run_tick
+
+    free = await route_capacity(bucket, config, settings)
+    summary: dict[str, Any] = {"spawned": 0, "spawn_failed": 0, "routes": {}}
+
+    for route in config.enabled_routes():
+        capacity = free.get(route.name, -1)
+        if capacity < 0:
+            continue
+        class_name = settings.workers[route.name].class_name
+
+        async def dispatch(spec: Any, class_name: str = class_name) -> None:
+            try:
+                # Modal's spawn blocks on an RPC: keep it off the event loop.
+                await asyncio.to_thread(spawn, class_name, spec.to_dict())
+                summary["spawned"] += 1
+            except Exception as exc:
+                summary["spawn_failed"] += 1
+                log.error(
+                    "spawn failed; releasing the claim for the next tick",
+                    route=spec.route,
+                    key=spec.ref.input_key,
+                    error=str(exc),
+                )
+                await _release(bucket, spec)
+
+        only_route = config.model_copy(update={"routes": {route.name: route}})
+        report = await run_tick(bucket, only_route, dispatch, capacity=capacity)
+        summary["routes"][route.name] = {"capacity": capacity, **report.summary()}
+    log.info("modal tick", spawned=summary["spawned"], spawn_failed=summary["spawn_failed"])
+    return summary
+
+
+def spawn_on_modal(class_name: str, spec: dict[str, Any]) -> None:
+    """Fire-and-forget one job on a route's worker class (the claim is its receipt)."""
+    globals()[class_name]().run_job.spawn(spec)
+
+
+@app.function(
+    image=IMAGES["watcher"],
+    schedule=SCHEDULE,
+    secrets=[BUCKET_SECRET],
+    timeout=SETTINGS.watcher_timeout,
+    retries=SETTINGS.watcher_retries,
+)
+def watch_tick(spawn: Spawn | None = None) -> dict[str, Any]:
+    """One tick: claim what is new and spawn workers. ``spawn`` is injectable for tests."""
+    from infra.log import configure_logging
+
+    configure_logging(json=True)
+
+    async def tick() -> dict[str, Any]:
+        from handlers.jobs.webhooks import drain_notifications
+
+        async with open_bucket_from_env() as bucket:
+            result = await run_watcher_tick(bucket, RUN_CONFIG, SETTINGS, spawn or spawn_on_modal)
+            await drain_notifications(timeout=30)  # webhooks of give-ups committed by the tick
+            return result
+
+    return asyncio.run(tick())
+
+
+# -- the workers --------------------------------------------------------------------------
+
+
+class RouteWorker:
+    """Base of every ``Worker_<route>`` class: warm state lives for the container's life."""
+
+    route_name: ClassVar[str]
+
+    @modal.enter()
+    def start(self) -> None:
+        from gpu.device import select_device
+        from infra.log import configure_logging
+
+        configure_logging(json=True)
+        self.settings: WorkerSettings = SETTINGS.workers[self.route_name]
+        self.device = select_device()
+        self.cache: dict[str, Any] = {}
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        # Optional handler hook: load models once per container, before the first job.
+        from handlers.registry import get_handler
+
+        route = RUN_CONFIG.routes[self.route_name]
+        try:
+            handler = get_handler(route.handler)
+            warm_up: Callable[..., None] | None = getattr(handler, "warm_up", None)
+            if callable(warm_up):
+                warm_up(self.cache, self.device.name, route.validated_params())
+        except Exception as exc:  # the job itself reports a missing model as a config error
+            log.warning("handler warm-up failed", route=self.route_name, error=str(exc))
+
+    def runtime_extra(self, wall_seconds: float) -> dict[str, Any]:
+        """Manifest runtime facts: executor, GPU type, GPU-seconds and estimated cost."""
+        return {
+            "executor": "modal",
+            "modal_class": self.settings.class_name,
+            **gpu_runtime(self.settings.gpu, wall_seconds, CONFIG.pricing),
+        }
+
+    @modal.method()
+    def run_job(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Run one claimed job; the result is in the bucket (manifest), this is a summary."""
+        from handlers.jobs.spec import JobSpec
+
+        job = JobSpec.from_dict(spec)
+        if job.route != self.route_name:
+            # A spawn on the wrong class would run with the wrong GPU/timeout: refuse.
+            raise ValueError(f"job of route {job.route!r} sent to {self.settings.class_name}")
+        return asyncio.run(self._run(job))
+
+    async def _run(self, job: Any) -> dict[str, Any]:
+        from handlers.jobs.runner import JobRunner
+        from handlers.jobs.webhooks import drain_notifications
+
+        scratch = Path(RUN_CONFIG.watch.scratch_dir or SCRATCH_DIR)
+        async with open_bucket_from_env() as bucket:
+            runner = JobRunner(
+                bucket,
+                scratch_root=scratch,
+                device=self.device,
+                worker_name=f"modal:{self.settings.class_name}:{os.getpid()}",
+                cache=self.cache,
+                runtime_extra=self.runtime_extra,
+            )
+            outcome = await runner.run(job)
+            # The webhook runs after the commit; the bucket must stay open until it ends.
+            await drain_notifications(timeout=30)
+        return {
+            "status": outcome.status,
+            "message": outcome.message,
+            "manifest_key": outcome.manifest_key,
+        }
+
+
+def _define_worker(ws: WorkerSettings) -> Any:
+    # Modal finds a class in the container by its global name, so each route's
+    # class is created here under a fixed name and bound in this module's globals.
+    user_cls = type(
+        ws.class_name,
+        (RouteWorker,),
+        {"__module__": __name__, "__qualname__": ws.class_name, "route_name": ws.route},
+    )
+    modal_cls = app.cls(
+        image=IMAGES[ws.image],
+        gpu=ws.gpu,
+        secrets=[BUCKET_SECRET],
+        volumes={MODEL_DIR: MODEL_VOLUME},
+        max_containers=ws.max_containers,
+        scaledown_window=ws.scaledown_window,
+        timeout=ws.timeout,
+        startup_timeout=ws.startup_timeout,
+        retries=ws.retries,
+    )(user_cls)
+    globals()[ws.class_name] = modal_cls
+    return modal_cls
+
+
+WORKERS: dict[str, Any] = {route: _define_worker(ws) for route, ws in SETTINGS.workers.items()}
+
+
+# -- the model store ------------------------------------------------------------------------
+
+
+@app.function(image=IMAGES["torch"], volumes={MODEL_DIR: MODEL_VOLUME}, timeout=1_800, retries=0)
+def pull_models(names: str = "") -> list[str]:
+    """Download demucs models (comma-separated names; default [modal] models) into the Volume."""
+    from gpu.models import pull_model
+    from infra.log import configure_logging
+
+    configure_logging(json=True)
+    wanted = [n.strip() for n in names.split(",") if n.strip()] or list(SETTINGS.models)
+    written: list[str] = []
+    for name in wanted:
+        written += [str(p) for p in pull_model(name)]
+    if not modal.is_local():
+        MODEL_VOLUME.commit()  # make the files visible to containers that start later
+    log.info("models pulled", models=wanted, files=len(written))
+    return written

@@ -1,0 +1,1 @@
+"""The embedded executor: local worker processes and the watch loop."""
