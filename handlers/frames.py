@@ -60,6 +60,10 @@ class FramesParams(MediaLimits):
 class FramesHandler:
     name: ClassVar[str] = "frames"
     version: ClassVar[str] = "1.0.0"
+    # Self-description (handlers.protocol.HandlerInfo): Modal image, GPU, default routes.
+    modal_image: ClassVar[str] = "ffmpeg"
+    gpu_kind: ClassVar[str] = "video"
+    default_routes: ClassVar[dict[str, dict[str, Any]]] = {"frames": {}}
     Params: ClassVar[type[HandlerParams]] = FramesParams
     extensions: ClassVar[frozenset[str]] = VIDEO_EXTENSIONS
 

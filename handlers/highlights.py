@@ -109,6 +109,10 @@ class Scores:
 class HighlightsHandler:
     name: ClassVar[str] = "highlights"
     version: ClassVar[str] = "1.0.0"
+    # Self-description (handlers.protocol.HandlerInfo): Modal image, GPU, default routes.
+    modal_image: ClassVar[str] = "ffmpeg"
+    gpu_kind: ClassVar[str] = "video"
+    default_routes: ClassVar[dict[str, dict[str, Any]]] = {"highlights": {}}
     Params: ClassVar[type[HandlerParams]] = HighlightsParams
     extensions: ClassVar[frozenset[str]] = VIDEO_EXTENSIONS
 

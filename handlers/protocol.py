@@ -2,20 +2,39 @@
 
 Handlers do no bucket I/O. The job runner downloads the input, calls
 ``handler.run(ctx)``, then uploads what the result lists and commits the manifest.
+
+A handler also describes itself, so nothing else in the system names it: which
+files it takes (``extensions``), what it needs on Modal (``modal_image``,
+``gpu_kind``), which models a job needs (``required_models``) and, for a
+built-in, its default routes (``default_routes``). Only the members of
+:class:`Handler` are required; :func:`describe` fills in the optional ones with
+the defaults of :class:`HandlerInfo`. docs/handlers.md is the guide.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, get_args, runtime_checkable
 
 import structlog
 from pydantic import BaseModel, ConfigDict
+from structlog.typing import FilteringBoundLogger
+
+from handlers.exceptions import HandlerConfigError
 
 ProgressFn = Callable[[float, str], None]
 """progress(fraction 0..1, phase) — forwarded to the claim heartbeat."""
+
+ModalImage = Literal["ffmpeg", "torch"]
+"""The Modal worker image: ffmpeg only, or ffmpeg + torch + demucs (infra/deploy/settings.py)."""
+
+GpuKind = Literal["video", "audio"]
+"""Which ``[modal]`` default GPU a route gets: ``video_gpu`` (NVENC) or ``audio_gpu``."""
+
+RouteDefaults = Mapping[str, Mapping[str, Any]]
+"""Default routes of a built-in handler: route name -> params (``{}``: the Params defaults)."""
 
 
 class HandlerParams(BaseModel):
@@ -35,7 +54,8 @@ class HandlerContext:
     progress: ProgressFn = lambda fraction, phase: None
     # Per-worker-process state that survives across jobs (warm models, probes).
     cache: dict[str, Any] = field(default_factory=dict)
-    log: Any = field(default_factory=structlog.get_logger)
+    # infra/log.py configures structlog with a filtering bound logger.
+    log: FilteringBoundLogger = field(default_factory=structlog.get_logger)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +80,15 @@ class HandlerResult:
 
 @runtime_checkable
 class Handler(Protocol):
+    """What every handler has; the runner calls ``run`` in a worker thread.
+
+    Optional members, read through :func:`describe` (defaults in :class:`HandlerInfo`):
+    ``modal_image``, ``gpu_kind``, ``default_routes`` (class attributes) and
+    ``required_models(params) -> list[str]`` (a method). A handler may also have
+    ``warm_up(cache, device, params)``, which a Modal container calls once before
+    its first job.
+    """
+
     name: ClassVar[str]
     version: ClassVar[str]
     Params: ClassVar[type[HandlerParams]]
@@ -67,3 +96,50 @@ class Handler(Protocol):
     extensions: ClassVar[frozenset[str]]
 
     def run(self, ctx: HandlerContext) -> HandlerResult: ...
+
+
+def no_models(params: HandlerParams) -> list[str]:
+    """The ``required_models`` of a handler that declares none."""
+    return []
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerInfo:
+    """A handler's self-description, optional members filled in with these defaults.
+
+    Each field is an optional member of the same name on the handler class.
+    """
+
+    # A custom handler may import anything: by default it gets the full image.
+    modal_image: ModalImage = "torch"
+    gpu_kind: GpuKind = "video"
+    # Only built-in handlers (handlers/registry.py) have default routes.
+    default_routes: RouteDefaults = field(default_factory=dict)
+    # The model names (as in the model store) a job with these params needs.
+    required_models: Callable[[HandlerParams], list[str]] = no_models
+
+
+_OPTIONAL = tuple(f.name for f in fields(HandlerInfo))
+
+
+def describe(handler: Handler) -> HandlerInfo:
+    """``handler``'s self-description; a declared value of the wrong kind is a config error."""
+    declared = {name: getattr(handler, name) for name in _OPTIONAL if hasattr(handler, name)}
+    info = HandlerInfo(**declared)
+    where = f"handler {handler.name!r}"
+    if info.modal_image not in get_args(ModalImage):
+        raise HandlerConfigError(
+            f"{where}: modal_image must be one of {get_args(ModalImage)}, not {info.modal_image!r}"
+        )
+    if info.gpu_kind not in get_args(GpuKind):
+        raise HandlerConfigError(
+            f"{where}: gpu_kind must be one of {get_args(GpuKind)}, not {info.gpu_kind!r}"
+        )
+    if not callable(info.required_models):
+        raise HandlerConfigError(f"{where}: required_models must be a method")
+    routes = info.default_routes
+    if not isinstance(routes, Mapping) or not all(
+        isinstance(name, str) and isinstance(params, Mapping) for name, params in routes.items()
+    ):
+        raise HandlerConfigError(f"{where}: default_routes must map route names to params")
+    return info

@@ -79,6 +79,10 @@ class ProxyParams(MediaLimits):
 class ProxyHandler:
     name: ClassVar[str] = "proxy"
     version: ClassVar[str] = "1.0.0"
+    # Self-description (handlers.protocol.HandlerInfo): Modal image, GPU, default routes.
+    modal_image: ClassVar[str] = "ffmpeg"
+    gpu_kind: ClassVar[str] = "video"
+    default_routes: ClassVar[dict[str, dict[str, Any]]] = {"proxy": {}}
     Params: ClassVar[type[HandlerParams]] = ProxyParams
     extensions: ClassVar[frozenset[str]] = VIDEO_EXTENSIONS | AUDIO_EXTENSIONS
 

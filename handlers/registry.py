@@ -3,6 +3,10 @@
 Built-in handlers are imported lazily so the watcher never pays for torch/demucs
 imports it does not need. A route may also name a custom handler as
 "package.module:attribute" (a class or instance implementing the protocol).
+
+Adding a built-in handler is its module plus one line in BUILTIN_HANDLERS: the
+handler class declares its extensions, Modal image and GPU kind, models and
+default routes (handlers/protocol.py, docs/handlers.md).
 """
 
 from __future__ import annotations
@@ -11,14 +15,15 @@ import importlib
 from functools import cache
 
 from handlers.exceptions import HandlerConfigError
-from handlers.protocol import Handler
+from handlers.protocol import Handler, HandlerInfo, describe
 
+# The order is the order of the built-in routes (watcher/config.py builtin_routes).
 BUILTIN_HANDLERS: dict[str, str] = {
+    "stems": "handlers.stems:StemsHandler",
     "vertical": "handlers.vertical:VerticalHandler",
     "proxy": "handlers.proxy:ProxyHandler",
     "frames": "handlers.frames:FramesHandler",
     "highlights": "handlers.highlights:HighlightsHandler",
-    "stems": "handlers.stems:StemsHandler",
 }
 
 
@@ -43,4 +48,10 @@ def get_handler(name: str) -> Handler:
     handler = obj() if isinstance(obj, type) else obj
     if not isinstance(handler, Handler):
         raise HandlerConfigError(f"{name!r} does not implement the handler protocol")
+    describe(handler)  # a bad self-description is a config error when the route loads
     return handler
+
+
+def handler_info(name: str) -> HandlerInfo:
+    """What the handler a route names declares about itself (defaults filled in)."""
+    return describe(get_handler(name))

@@ -83,6 +83,13 @@ class StemsParams(HandlerParams):
 class StemsHandler:
     name: ClassVar[str] = "stems"
     version: ClassVar[str] = "1.0.0"
+    # Self-description (handlers.protocol.HandlerInfo): Modal image, GPU, default routes.
+    modal_image: ClassVar[str] = "torch"
+    gpu_kind: ClassVar[str] = "audio"
+    default_routes: ClassVar[dict[str, dict[str, Any]]] = {
+        "stems": {},
+        "karaoke": {"two_stems": "vocals"},
+    }
     Params: ClassVar[type[HandlerParams]] = StemsParams
     extensions: ClassVar[frozenset[str]] = frozenset(
         {
@@ -91,6 +98,10 @@ class StemsHandler:
             ".m4v", ".mkv", ".webm", ".avi", ".ts", ".mts",
         }
     )  # fmt: skip
+
+    def required_models(self, params: HandlerParams) -> list[str]:
+        """The store model a job needs (`dropgpu doctor` checks it is there)."""
+        return [params.model if isinstance(params, StemsParams) else DEFAULT_MODEL]
 
     def warm_up(self, cache: dict[str, Any], device: str, params: HandlerParams) -> None:
         """Load the route's model before the first job (Modal's ``@modal.enter`` calls this)."""

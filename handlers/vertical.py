@@ -109,6 +109,10 @@ class VerticalParams(HandlerParams):
 class VerticalHandler:
     name: ClassVar[str] = "vertical"
     version: ClassVar[str] = "1.1.0"
+    # Self-description (handlers.protocol.HandlerInfo): Modal image, GPU, default routes.
+    modal_image: ClassVar[str] = "ffmpeg"
+    gpu_kind: ClassVar[str] = "video"
+    default_routes: ClassVar[dict[str, dict[str, Any]]] = {"vertical": {}}
     Params: ClassVar[type[HandlerParams]] = VerticalParams
     extensions: ClassVar[frozenset[str]] = frozenset(
         {

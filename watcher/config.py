@@ -18,12 +18,13 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from handlers.exceptions import HandlerConfigError
-from handlers.registry import get_handler
+from handlers.protocol import HandlerParams, ModalImage
+from handlers.registry import BUILTIN_HANDLERS, get_handler, handler_info
 from infra.pricing import PriceTable, parse_gpu
 from watcher.exceptions import ConfigError
 
@@ -45,12 +46,13 @@ class RouteConfig(BaseModel):
     enabled: bool = True
     # Optional webhook: POST the manifest here when a job of this route commits.
     notify_url: str | None = Field(default=None, pattern=r"^https?://")
-    # Distributed mode (Modal) only; None means the [modal] defaults for the handler.
+    # Distributed mode (Modal) only; None means what the handler declares (its
+    # modal_image, and the [modal] GPU for its gpu_kind).
     # gpu is a Modal GPU spec ("L4", "A10G", "H100:2") or "none" for a CPU container.
     gpu: str | None = None
     max_containers: int | None = Field(default=None, ge=1, le=1_000)
     scaledown_window_seconds: int | None = Field(default=None, ge=2, le=3_600)
-    modal_image: Literal["ffmpeg", "torch"] | None = None
+    modal_image: ModalImage | None = None
 
     @field_validator("gpu")
     @classmethod
@@ -92,7 +94,7 @@ class RouteConfig(BaseModel):
             return frozenset(self.extensions)
         return get_handler(self.handler).extensions
 
-    def validated_params(self):  # -> HandlerParams
+    def validated_params(self) -> HandlerParams:
         return get_handler(self.handler).Params(**self.params)
 
 
@@ -103,7 +105,8 @@ class WatchSettings(BaseModel):
     # A claim whose heartbeat is older than this is a crashed attempt.
     lease_ttl_seconds: float = Field(default=120.0, ge=2, le=86_400)
     max_claims_per_tick: int = Field(default=64, ge=1, le=10_000)
-    # Capped exponential backoff (with full jitter) between transient failures.
+    # Capped exponential backoff with equal jitter (handlers/jobs/retry.py backoff_delay)
+    # between transient failures.
     backoff_base_seconds: float = Field(default=30.0, ge=0, le=86_400)
     backoff_max_seconds: float = Field(default=900.0, ge=0, le=86_400)
     scratch_dir: Path | None = None
@@ -137,7 +140,8 @@ class ModalSettings(BaseModel):
     # A Period restarts counting at every deploy; a Cron does not.
     cron: str = "* * * * *"
     period_seconds: int | None = Field(default=None, ge=5, le=86_400)
-    # GPU per handler kind: ffmpeg routes want NVENC (L4), demucs wants more memory.
+    # Default GPU per the handler's declared gpu_kind: "video" routes (ffmpeg) want
+    # NVENC (L4), "audio" ones (demucs) want more memory.
     video_gpu: str = "L4"
     audio_gpu: str = "A10G"
     max_containers: int = Field(default=10, ge=1, le=1_000)
@@ -179,18 +183,21 @@ class Config(BaseModel):
 
 
 def builtin_routes() -> dict[str, dict[str, Any]]:
-    """DESIGN §2 defaults. Routes whose handler is not installed yet are omitted."""
-    from handlers.registry import BUILTIN_HANDLERS
-
-    wanted: dict[str, dict[str, Any]] = {
-        "stems": {"handler": "stems"},
-        "karaoke": {"handler": "stems", "params": {"two_stems": "vocals"}},
-        "vertical": {"handler": "vertical"},
-        "proxy": {"handler": "proxy"},
-        "frames": {"handler": "frames"},
-        "highlights": {"handler": "highlights"},
-    }
-    return {name: spec for name, spec in wanted.items() if spec["handler"] in BUILTIN_HANDLERS}
+    """DESIGN §2 defaults: each built-in handler's declared default routes, in registry order."""
+    routes: dict[str, dict[str, Any]] = {}
+    for handler in BUILTIN_HANDLERS:
+        try:
+            declared = handler_info(handler).default_routes
+        except HandlerConfigError as exc:
+            raise ConfigError(f"built-in handler {handler!r}: {exc}") from exc
+        for name, params in declared.items():
+            if name in routes:
+                raise ConfigError(
+                    f"built-in handlers {routes[name]['handler']!r} and {handler!r} "
+                    f"both declare the default route {name!r}"
+                )
+            routes[name] = {"handler": handler, **({"params": dict(params)} if params else {})}
+    return routes
 
 
 def _format_validation_error(exc: ValidationError, where: str) -> str:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
+from handlers.exceptions import HandlerConfigError
+from handlers.registry import handler_info
 from infra.storage.bucket import Bucket
 from infra.storage.errors import BucketError
 from watcher.config import Config
 from watcher.store_check import check_create_only
-
-_STEMS_HANDLERS = frozenset({"stems", "handlers.stems:StemsHandler"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,18 +74,24 @@ async def bucket_checks(bucket: Bucket) -> list[Check]:
 
 
 def model_checks(config: Config) -> list[tuple[str, bool, str]]:
-    """One (name, ok, detail) per model a stems route of ``config`` needs."""
+    """One (name, ok, detail) per model the enabled routes' handlers say they need."""
     from gpu.models import find_model, missing_message
 
     needed: dict[str, list[str]] = {}
+    checks: list[tuple[str, bool, str]] = []
     for route in config.enabled_routes():
-        if route.handler in _STEMS_HANDLERS or route.handler.endswith(":StemsHandler"):
-            try:
-                model = str(route.validated_params().model)
-            except Exception:  # config validation already reported it
-                continue
+        try:
+            info = handler_info(route.handler)
+            params = route.validated_params()
+        except (HandlerConfigError, ValidationError):  # config validation already reported it
+            continue
+        try:
+            models = info.required_models(params)
+        except Exception as exc:  # a custom handler's bug: say so, check the other routes
+            checks.append((f"models of route {route.name}", False, f"required_models: {exc}"))
+            continue
+        for model in models:
             needed.setdefault(model, []).append(route.name)
-    checks = []
     for model, routes in sorted(needed.items()):
         entry = find_model(model)
         name = f"model {model}"

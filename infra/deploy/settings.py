@@ -19,10 +19,11 @@ Rules worth knowing (docs/deploy.md explains them to users):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from handlers.protocol import ModalImage
+from handlers.registry import handler_info
 from watcher.config import Config, RouteConfig, WatchSettings
 from watcher.exceptions import ConfigError
 
@@ -41,12 +42,10 @@ REQUIRED_SECRET_KEYS: tuple[str, ...] = (
     "AWS_SECRET_ACCESS_KEY",
     "AWS_REGION",
 )
-# Handlers whose work is a neural network on audio (demucs); the rest are ffmpeg.
-TORCH_HANDLERS = frozenset({"stems"})
 PYTHON_VERSION = "3.11"
 LOCAL_PACKAGES: tuple[str, ...] = ("handlers", "watcher", "gpu", "infra")
 
-ImageName = Literal["watcher", "ffmpeg", "torch"]
+ImageName = Literal["watcher"] | ModalImage
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,19 +140,24 @@ def effective_config(config: Config) -> Config:
 
 
 def route_gpu(config: Config, route: RouteConfig) -> str | None:
+    """The route's ``gpu``, else the ``[modal]`` default for its handler's declared GPU kind."""
     if route.gpu == "none":
         return None
     if route.gpu:
         return route.gpu
-    return config.modal.audio_gpu if route.handler in TORCH_HANDLERS else config.modal.video_gpu
+    kind = handler_info(route.handler).gpu_kind
+    return config.modal.audio_gpu if kind == "audio" else config.modal.video_gpu
 
 
 def route_image(route: RouteConfig) -> ImageName:
+    """The route's ``modal_image``, else the image its handler declares.
+
+    A custom "module:attr" handler that declares none may need anything: it gets
+    the full (torch) image.
+    """
     if route.modal_image:
         return route.modal_image
-    builtin = re.fullmatch(r"[a-z0-9_]+", route.handler) is not None
-    # A custom "module:attr" handler may need anything: give it the full image.
-    return "ffmpeg" if builtin and route.handler not in TORCH_HANDLERS else "torch"
+    return handler_info(route.handler).modal_image
 
 
 def worker_settings(config: Config, route: RouteConfig) -> WorkerSettings:
