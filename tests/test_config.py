@@ -72,3 +72,19 @@ def test_invalid_config_is_one_line_naming_the_field(
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_builtin_routes_order_and_defaults() -> None:
+    # Declared by the handlers (default_routes), in this order, as the README lists them.
+    config = build_config({}, source="built-in defaults")
+    assert [(r.name, r.handler, r.params) for r in config.routes.values()] == [
+        ("stems", "stems", {}),
+        ("karaoke", "stems", {"two_stems": "vocals"}),
+        ("vertical", "vertical", {}),
+        ("proxy", "proxy", {}),
+        ("frames", "frames", {}),
+        ("highlights", "highlights", {}),
+    ]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = [line.split("|")[1].strip(" `") for line in readme.splitlines() if line[:3] == "| `"]
+    assert table[: len(config.routes)] == list(config.routes)
