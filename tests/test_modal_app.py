@@ -26,6 +26,7 @@ from infra.deploy.settings import (
     REQUIRED_SECRET_KEYS,
     deploy_settings,
     route_gpu,
+    route_image,
     worker_class_name,
 )
 from infra.pricing import DEFAULT_GPU_USD_PER_SECOND
@@ -199,6 +200,19 @@ def test_period_schedule_and_stems_default_gpu(
     stems = RouteConfig(name="stems", handler="stems")
     assert route_gpu(config, stems) == "A10G"
     assert route_gpu(config, RouteConfig(name="cpu", handler="vertical", gpu="none")) is None
+
+
+def test_image_and_gpu_come_from_the_handler_unless_the_route_says(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path))
+    stems = RouteConfig(name="stems", handler="stems")
+    assert (route_image(stems), route_gpu(config, stems)) == ("torch", "A10G")
+    # "module:Attr" naming a built-in class: its declaration counts, not the spelling.
+    same = RouteConfig(name="s2", handler="handlers.stems:StemsHandler")
+    assert (route_image(same), route_gpu(config, same)) == ("torch", "A10G")
+    vertical = RouteConfig(name="v", handler="vertical", modal_image="torch")
+    assert (route_image(vertical), route_gpu(config, vertical)) == ("torch", "L4")
+    cpu = RouteConfig(name="c", handler="stems", modal_image="ffmpeg", gpu="none")
+    assert (route_image(cpu), route_gpu(config, cpu)) == ("ffmpeg", None)
 
 
 @pytest.mark.parametrize(
