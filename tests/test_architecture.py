@@ -114,3 +114,19 @@ def test_the_rule_catches_an_upward_import(tmp_path: Path) -> None:
     found = imported_modules(bad, "infra.storage.bad")
     assert "handlers.jobs.runner" in found
     assert layer_of("handlers.jobs.runner") > layer_of("infra.storage.bad")
+
+
+# Handlers are pure file-to-file functions (DESIGN §5.2): below the registry nothing
+# reaches for the bucket, the engine, the contract or the watcher, although the
+# storage layer sits lower in the table.
+HANDLER_SIDE = {"handler api", "media toolkit", "handler plugins", "registry"}
+NO_BUCKET_IO = ("infra.storage", "infra.s3_server", "handlers.jobs", "handlers.contract", "watcher")
+
+
+@pytest.mark.parametrize(
+    "module", sorted(m for m in MODULES if LAYERS[layer_of(m)][0] in HANDLER_SIDE)
+)
+def test_handlers_do_no_bucket_io(module: str) -> None:
+    names = imported_modules(MODULES[module], module)
+    bad = sorted(n for n in names if any(n == p or n.startswith(p + ".") for p in NO_BUCKET_IO))
+    assert not bad, f"{module} imports {bad}: handlers do no bucket I/O"
