@@ -11,12 +11,11 @@ import argparse
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import structlog
 
 from infra.deploy.settings import DeploySettings, deploy_settings
-from watcher.config import DEFAULT_CONFIG_FILE, Config, load_config
+from watcher.config import Config, config_file, load_config
 from watcher.exceptions import ConfigError
 
 log = structlog.get_logger(__name__)
@@ -34,13 +33,6 @@ def add_deploy_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "--dry-run", action="store_true", help="validate and print the plan; deploy nothing"
     )
     return p
-
-
-def _config_file(arg: str | None) -> Path | None:
-    if arg:
-        return Path(arg).expanduser().absolute()
-    default = Path(DEFAULT_CONFIG_FILE)
-    return default.absolute() if default.is_file() else None
 
 
 def describe(config: Config, settings: DeploySettings) -> str:
@@ -75,7 +67,7 @@ def _has_modal_token() -> bool:
 
 def run_deploy(args: argparse.Namespace) -> int:
     """Validate, print the plan, run `modal deploy`. Returns the exit code."""
-    path = _config_file(args.config)
+    path = config_file(args.config)
     try:
         config = load_config(path)
         settings = deploy_settings(config)
