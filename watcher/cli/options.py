@@ -44,13 +44,6 @@ def config_option() -> argparse.ArgumentParser:
     return p
 
 
-def _log_level(text: str) -> str:
-    return text.upper()
-
-
-_log_level.__name__ = "log level"  # argparse's message: "invalid log level value"
-
-
 def logging_options(*, defaults: bool) -> argparse.ArgumentParser:
     """``-v``, ``--log-level``, ``--log-format``. ``defaults`` False for subcommands:
     an option not repeated after the subcommand must not reset the one given before it."""
@@ -66,7 +59,7 @@ def logging_options(*, defaults: bool) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--log-level",
-        type=_log_level,
+        type=str.upper,  # --log-level debug works too
         choices=LOG_LEVELS,
         default=unset,
         metavar="LEVEL",
