@@ -25,6 +25,11 @@ _SECRET_ENV = (
     "DROPGPU_WEBHOOK_SECRET",
 )
 REDACTED = "***"
+# Defaults for `dropgpu --log-level/--log-format`, and how spawned workers inherit them.
+LEVEL_ENV = "DROPGPU_LOG_LEVEL"
+FORMAT_ENV = "DROPGPU_LOG_FORMAT"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("console", "json")
 
 
 def _secret_values() -> list[str]:
@@ -67,9 +72,9 @@ def configure_logging(
     """Idempotent. ``json`` None picks JSON when the stream is not a TTY."""
     stream = stream or sys.stderr
     if json is None:
-        fmt = os.environ.get("DROPGPU_LOG_FORMAT", "").lower()
+        fmt = os.environ.get(FORMAT_ENV, "").lower()
         json = fmt == "json" or (fmt != "console" and not stream.isatty())
-    level_name = (level or os.environ.get("DROPGPU_LOG_LEVEL") or "INFO").upper()
+    level_name = (level or os.environ.get(LEVEL_ENV) or "INFO").upper()
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json

@@ -229,7 +229,7 @@ def test_parse_since_forms() -> None:
 
 
 def _feed_cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "watcher.cli.feed", *args]
+    return [sys.executable, "-m", "watcher.cli", "feed", *args]
 
 
 def test_feed_command(tmp_path: Path) -> None:

@@ -267,22 +267,34 @@ def _section(model: type[BaseModel], data: dict[str, Any], name: str, source: st
         raise ConfigError(_format_validation_error(exc, f"{source}: {name}")) from exc
 
 
-def load_config(path: Path | str | None) -> Config:
-    """Load ``path``; with None, ./dropgpu.toml if present, else the defaults."""
-    if path is None:
-        default = Path(DEFAULT_CONFIG_FILE)
-        if not default.is_file():
-            return build_config({}, source="built-in defaults")
-        path = default
-    path = Path(path)
+def config_file(path: Path | str | None = None) -> Path | None:
+    """Which routes file dropgpu reads: the one rule for the CLI, `dropgpu deploy` and the
+    Modal app (which passes ``$DROPGPU_CONFIG`` as ``path``).
+
+    ``path`` when given (``~`` expanded), else ./dropgpu.toml when it is a file, else
+    None: the built-in defaults. Absolute, so it can be handed to another process.
+    """
+    if path:
+        return Path(path).expanduser().absolute()
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default.absolute() if default.is_file() else None
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    """Load the file ``config_file(path)`` picks; with none, the built-in defaults."""
+    file = config_file(path)
+    if file is None:
+        return build_config({}, source="built-in defaults")
+    # Messages name the file as the user wrote it (or "dropgpu.toml"), not its absolute path.
+    shown = Path(path) if path else Path(DEFAULT_CONFIG_FILE)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
-        raise ConfigError(f"config file {path} does not exist") from exc
+        raise ConfigError(f"config file {shown} does not exist") from exc
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        raise ConfigError(f"cannot read config file {shown}: {exc}") from exc
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    return build_config(data, source=str(path))
+        raise ConfigError(f"{shown}: invalid TOML: {exc}") from exc
+    return build_config(data, source=str(shown))

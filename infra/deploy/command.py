@@ -11,36 +11,35 @@ import argparse
 import os
 import subprocess
 import sys
-from pathlib import Path
+from typing import Any
 
 import structlog
 
 from infra.deploy.settings import DeploySettings, deploy_settings
-from watcher.config import DEFAULT_CONFIG_FILE, Config, load_config
-from watcher.exceptions import ConfigError
+from watcher.cli.errors import ExitCode, one_line_errors
+from watcher.cli.options import add_command, config_option
+from watcher.config import Config, config_file, load_config
 
 log = structlog.get_logger(__name__)
 APP_MODULE = "infra.deploy.modal_app"
-EXIT_USAGE = 2
+# Read by the app module at import, locally and in its containers (modal_app.CONFIG_ENV).
+CONFIG_ENV = "DROPGPU_CONFIG"
 
 
-def add_deploy_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "deploy", help="deploy the watcher and GPU workers to Modal (wraps `modal deploy`)"
+def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``deploy`` to the ``dropgpu`` subcommands (``subparsers`` from add_subparsers)."""
+    p = add_command(
+        subparsers,
+        "deploy",
+        parents=[config_option()],
+        help="deploy the watcher and GPU workers to Modal (wraps `modal deploy`)",
     )
-    p.add_argument("--config", default=None, help="routes file (default ./dropgpu.toml if present)")
     p.add_argument("--modal-env", default=None, help="Modal environment (modal deploy --env)")
     p.add_argument(
         "--dry-run", action="store_true", help="validate and print the plan; deploy nothing"
     )
+    p.set_defaults(func=run_deploy)
     return p
-
-
-def _config_file(arg: str | None) -> Path | None:
-    if arg:
-        return Path(arg).expanduser().absolute()
-    default = Path(DEFAULT_CONFIG_FILE)
-    return default.absolute() if default.is_file() else None
 
 
 def describe(config: Config, settings: DeploySettings) -> str:
@@ -73,48 +72,45 @@ def _has_modal_token() -> bool:
     return bool(config.get("token_id") and config.get("token_secret"))
 
 
+@one_line_errors()
 def run_deploy(args: argparse.Namespace) -> int:
     """Validate, print the plan, run `modal deploy`. Returns the exit code."""
-    path = _config_file(args.config)
-    try:
-        config = load_config(path)
-        settings = deploy_settings(config)
-    except ConfigError as exc:
-        print(f"dropgpu: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    path = config_file(args.config)
+    config = load_config(path)
+    settings = deploy_settings(config)
     print(describe(config, settings))
     if args.dry_run:
-        return 0
+        return ExitCode.OK
     if not _has_modal_token():
         print(
             "dropgpu: no Modal token found: run `modal token new` (or set MODAL_TOKEN_ID and "
             "MODAL_TOKEN_SECRET), then `dropgpu deploy` again",
             file=sys.stderr,
         )
-        return EXIT_USAGE
+        return ExitCode.USAGE
     env = dict(os.environ)
-    env.pop("DROPGPU_CONFIG", None)
+    env.pop(CONFIG_ENV, None)
     if path is not None:
         # The app module reads the same file at import, locally and in its containers.
-        env["DROPGPU_CONFIG"] = str(path)
+        env[CONFIG_ENV] = str(path)
     cmd = [sys.executable, "-m", "modal", "deploy", "-m", APP_MODULE]
     if args.modal_env:
         cmd += ["--env", args.modal_env]
-    log.info("running modal deploy", app=settings.app_name, modal_env=args.modal_env)
+    log.info("modal_deploy_started", app=settings.app_name, modal_env=args.modal_env)
     try:
         rc = subprocess.run(cmd, env=env, check=False).returncode
     except OSError as exc:
         print(f"dropgpu: cannot run modal: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     if rc != 0:
         print(
             f"dropgpu: modal deploy failed (exit {rc}); its message is above "
             f"(a missing Secret key? create the Secret '{settings.secret_name}' first)",
             file=sys.stderr,
         )
-        return 1
+        return ExitCode.FAILED
     print(
         f"deployed {settings.app_name}: drop files under inputs/<route>/; "
         f"logs: modal app logs {settings.app_name}"
     )
-    return 0
+    return ExitCode.OK

@@ -45,7 +45,7 @@ from infra.deploy.settings import (
     effective_config,
 )
 from infra.pricing import gpu_runtime
-from watcher.config import DEFAULT_CONFIG_FILE, Config, load_config
+from watcher.config import Config, config_file, load_config
 
 log = structlog.get_logger(__name__)
 CONFIG_ENV = "DROPGPU_CONFIG"
@@ -55,11 +55,7 @@ Spawn = Callable[[str, dict[str, Any]], Any]
 
 def config_path() -> Path | None:
     """The routes file this deployment uses: $DROPGPU_CONFIG, else ./dropgpu.toml, else none."""
-    raw = os.environ.get(CONFIG_ENV)
-    if raw:
-        return Path(raw).expanduser().absolute()
-    default = Path(DEFAULT_CONFIG_FILE)
-    return default.absolute() if default.is_file() else None
+    return config_file(os.environ.get(CONFIG_ENV))
 
 
 CONFIG_PATH = config_path()

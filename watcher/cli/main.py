@@ -1,8 +1,10 @@
-"""The `dropgpu` command line: watch, status, retry, doctor.
+"""The `dropgpu` command line: watch, status, retry, doctor, sample, models, feed, deploy.
 
-User mistakes (bad config, unusable bucket) end in one line on stderr and exit
-code 2, never a traceback. Job failures are not CLI failures: they are failed
-manifests in the bucket.
+Global options (``--version``, ``-v``, ``--log-level``, ``--log-format``) come
+before or after the subcommand; each subcommand's handler is ``args.func``.
+User mistakes (bad flags, bad config, unusable bucket) end in one line on stderr
+and exit code 2, never a traceback (watcher/cli/errors.py has every code). Job
+failures are not CLI failures: they are failed manifests in the bucket.
 """
 
 from __future__ import annotations
@@ -13,77 +15,102 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import structlog
-
-from handlers.exceptions import HandlerError
-from infra.log import configure_logging
-from infra.storage.errors import BucketConfigError, BucketError
+from infra.log import FORMAT_ENV, LEVEL_ENV, configure_logging
+from infra.storage.errors import BucketError
+from infra.version import dropgpu_version
+from watcher.cli.errors import ExitCode, one_line_errors
+from watcher.cli.options import (
+    add_command,
+    bucket_options,
+    checked,
+    config_option,
+    logging_options,
+)
 from watcher.config import Config, load_config
-from watcher.exceptions import ConfigError, UnsafeStoreError, WatcherError
+from watcher.exceptions import UnsafeStoreError
 
-log = structlog.get_logger("dropgpu")
-DEFAULT_BUCKET = "./bucket"
-EXIT_USAGE = 2
+if TYPE_CHECKING:
+    from infra.storage.bucket import Bucket
+
+ConfigCommand = Callable[[argparse.Namespace, Config], Awaitable[int]]
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--bucket",
-        default=os.environ.get("DROPGPU_BUCKET", DEFAULT_BUCKET),
-        help="local folder (default ./bucket), file:///path, or s3://name (env DROPGPU_BUCKET)",
-    )
-    p.add_argument(
-        "--endpoint-url",
-        default=None,
-        help="S3 endpoint for R2/MinIO/SeaweedFS (else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)",
-    )
-    p.add_argument("--config", default=None, help="routes file (default ./dropgpu.toml if present)")
+def _with_config(command: ConfigCommand) -> Callable[[argparse.Namespace], int]:
+    """Load ``--config``, then run the async ``command`` with it."""
+
+    def run(args: argparse.Namespace) -> int:
+        return asyncio.run(command(args, load_config(args.config)))
+
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dropgpu", description="Drop files into a bucket; get GPU-processed outputs back."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+    from infra.deploy.command import add_deploy_parser
+    from watcher.cli.feed import add_feed_parser
+    from watcher.cli.models import add_models_parser
 
-    w = sub.add_parser("watch", help="claim new inputs and process them")
-    _add_common(w)
-    w.add_argument("--interval", type=float, default=None, help="seconds between ticks")
+    parser = argparse.ArgumentParser(
+        prog="dropgpu",
+        description="Drop files into a bucket; get GPU-processed outputs back.",
+        parents=[logging_options(defaults=True)],
+    )
+    parser.add_argument("--version", action="version", version=f"dropgpu {dropgpu_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    store = [bucket_options(), config_option()]
+
+    w = add_command(sub, "watch", parents=store, help="claim new inputs and process them")
     w.add_argument(
-        "--workers", type=int, default=None, help="worker processes (default: per machine)"
+        "--interval",
+        type=checked(float, lambda s: s > 0, "--interval must be positive"),
+        default=None,
+        help="seconds between ticks",
+    )
+    w.add_argument(
+        "--workers",
+        type=checked(int, lambda n: n >= 1, "--workers must be at least 1"),
+        default=None,
+        help="worker processes (default: per machine)",
     )
     w.add_argument("--once", action="store_true", help="process what is there now, then exit")
     w.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
     w.add_argument("--scratch-dir", default=None, help="local scratch folder for jobs")
+    w.set_defaults(func=_with_config(_cmd_watch))
 
-    s = sub.add_parser("status", help="pending / running / succeeded / failed per route")
-    _add_common(s)
+    s = add_command(
+        sub, "status", parents=store, help="pending / running / succeeded / failed per route"
+    )
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument(
         "--cost",
         action="store_true",
         help="also sum GPU-seconds and estimated cost per route (one GET per finished job)",
     )
+    s.set_defaults(func=_with_config(_cmd_status))
 
-    r = sub.add_parser("retry", help="make finished jobs run again")
-    _add_common(r)
+    r = add_command(sub, "retry", parents=store, help="make finished jobs run again")
     r.add_argument(
         "keys", nargs="+", metavar="KEY", help="input keys, e.g. inputs/vertical/clip.mp4"
     )
+    r.set_defaults(func=_with_config(_cmd_retry))
 
-    d = sub.add_parser("doctor", help="check config, ffmpeg, devices and the store")
-    _add_common(d)
+    d = add_command(
+        sub, "doctor", parents=store, help="check config, ffmpeg, devices and the store"
+    )
+    d.set_defaults(func=_with_config(_cmd_doctor))
 
-    sm = sub.add_parser("sample", help="write a 10 s test clip (e.g. into inputs/vertical/)")
+    sm = add_command(sub, "sample", help="write a 10 s test clip (e.g. into inputs/vertical/)")
     sm.add_argument("path", type=Path, help="e.g. bucket/inputs/vertical/sample.mp4")
-    sm.add_argument("--seconds", type=float, default=10.0)
-    from infra.deploy.command import add_deploy_parser
-    from watcher.cli.feed import add_feed_parser
-    from watcher.cli.models import add_models_parser
+    sm.add_argument(
+        "--seconds",
+        type=checked(float, lambda s: 0 < s <= 600, "--seconds must be between 0 and 600"),
+        default=10.0,
+    )
+    sm.set_defaults(func=_cmd_sample)
 
     add_models_parser(sub)
     add_deploy_parser(sub)
@@ -91,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _open(args: argparse.Namespace):  # -> Bucket
+def _open(args: argparse.Namespace) -> Bucket:
     from infra.storage.url import open_bucket
 
     return open_bucket(args.bucket, endpoint_url=args.endpoint_url)
@@ -112,11 +139,7 @@ async def _cmd_watch(args: argparse.Namespace, config: Config) -> int:
     )
     from watcher.store_check import check_create_only
 
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError("--workers must be at least 1")
     interval = args.interval if args.interval is not None else config.watch.interval_seconds
-    if interval <= 0:
-        raise ConfigError("--interval must be positive")
     async with _open(args) as bucket:
         check = await check_create_only(bucket, concurrent=1)
         if not check.safe:
@@ -157,7 +180,7 @@ async def _cmd_watch(args: argparse.Namespace, config: Config) -> int:
     print(f"dropgpu: {done}", file=sys.stderr)
     for key in summary.failed_manifests:
         print(f"  failed: {key}", file=sys.stderr)
-    return 0
+    return ExitCode.OK  # even when jobs failed: their manifests say so
 
 
 async def _cmd_status(args: argparse.Namespace, config: Config) -> int:
@@ -169,18 +192,18 @@ async def _cmd_status(args: argparse.Namespace, config: Config) -> int:
         print(json.dumps({name: asdict(st) for name, st in status.items()}, indent=2))
     else:
         print(format_status(status))
-    return 0
+    return ExitCode.OK
 
 
 async def _cmd_retry(args: argparse.Namespace, config: Config) -> int:
     from watcher.status import retry_key
 
-    code = 0
+    code = ExitCode.OK
     async with _open(args) as bucket:
         for key in args.keys:
             result = await retry_key(bucket, config, key)
             print(f"{'ok' if result.ok else 'skipped'}: {result.key}: {result.message}")
-            code = code if result.ok else 1
+            code = code if result.ok else ExitCode.FAILED
     return code
 
 
@@ -197,53 +220,35 @@ async def _cmd_doctor(args: argparse.Namespace, config: Config) -> int:
         checks.append(Check("bucket", False, str(exc)))
     for c in checks:
         print(f"{'ok  ' if c.ok else 'FAIL'} {c.name:<17} {c.detail}")
-    return 0 if all(c.ok for c in checks) else 1
-
-
-COMMANDS = {"watch": _cmd_watch, "status": _cmd_status, "retry": _cmd_retry, "doctor": _cmd_doctor}
+    return ExitCode.OK if all(c.ok for c in checks) else ExitCode.FAILED
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     from watcher.cli.sample import write_sample_clip
 
-    if not 0 < args.seconds <= 600:
-        raise ConfigError("--seconds must be between 0 and 600")
     path = write_sample_clip(args.path, seconds=args.seconds)
     print(f"wrote {path}")
-    return 0
+    return ExitCode.OK
 
 
+def _configure_logging(args: argparse.Namespace) -> None:
+    """Flags win over $DROPGPU_LOG_LEVEL / $DROPGPU_LOG_FORMAT; --log-level wins over -v."""
+    level = args.log_level or ("DEBUG" if args.verbose else None)
+    # Exported so that spawned worker processes (watcher/local/pool.py) log the same way.
+    if level:
+        os.environ[LEVEL_ENV] = level
+    if args.log_format:
+        os.environ[FORMAT_ENV] = args.log_format
+    configure_logging(
+        level=level, json=None if args.log_format is None else args.log_format == "json"
+    )
+
+
+@one_line_errors()
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging()
-    try:
-        if args.command == "sample":
-            return _cmd_sample(args)
-        if args.command == "models":  # takes no --config
-            from watcher.cli.models import run_models
-
-            return run_models(args)
-        if args.command == "feed":  # takes no --config
-            from watcher.cli.feed import run_feed
-
-            return run_feed(args)
-        if args.command == "deploy":  # reads its own --config
-            from infra.deploy.command import run_deploy
-
-            return run_deploy(args)
-        config = load_config(args.config)
-        return asyncio.run(COMMANDS[args.command](args, config))
-    except (WatcherError, BucketConfigError) as exc:
-        print(f"dropgpu: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except BucketError as exc:
-        print(f"dropgpu: storage error: {exc} (try again; check the endpoint)", file=sys.stderr)
-        return 1
-    except HandlerError as exc:
-        print(f"dropgpu: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    _configure_logging(args)
+    return args.func(args)
 
 
 if __name__ == "__main__":

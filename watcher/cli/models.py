@@ -1,46 +1,36 @@
 """`dropgpu models list|pull`. (The model checks `dropgpu doctor` runs are in watcher/doctor.py.)
 
-Wired into watcher/cli/main.py (``add_models_parser`` / ``run_models``).
-Errors are one line on stderr, exit 2.
+Errors are one line on stderr, ``dropgpu models: ...``, exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-import structlog
-
-log = structlog.get_logger(__name__)
-
-EXIT_OK = 0
-EXIT_FAILED = 2
+from watcher.cli.errors import ExitCode, one_line_errors
+from watcher.cli.options import add_command
 
 
 def add_models_parser(subparsers: Any) -> None:
     """Add `models list` and `models pull NAME [--dir DIR]` to the dropgpu parser."""
-    m = subparsers.add_parser("models", help="list or download separation models")
+    m = add_command(subparsers, "models", help="list or download separation models")
+    m.set_defaults(func=run_models)
     msub = m.add_subparsers(dest="models_command", required=True)
-    ls = msub.add_parser("list", help="models loadable offline (store folder and caches)")
+    ls = add_command(msub, "list", help="models loadable offline (store folder and caches)")
     ls.add_argument("--dir", default=None, help="store folder (default $DROPGPU_MODEL_DIR)")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
-    pull = msub.add_parser("pull", help="download a demucs model into the store folder")
+    ls.set_defaults(models_func=_list)
+    pull = add_command(msub, "pull", help="download a demucs model into the store folder")
     pull.add_argument("name", help="e.g. htdemucs, htdemucs_ft, htdemucs_6s, mdx_extra")
     pull.add_argument("--dir", default=None, help="store folder (default $DROPGPU_MODEL_DIR)")
+    pull.set_defaults(models_func=_pull)
 
 
+@one_line_errors(prog="dropgpu models")
 def run_models(args: argparse.Namespace) -> int:
-    from gpu.exceptions import ModelStoreError
-
-    try:
-        if args.models_command == "list":
-            return _list(args)
-        return _pull(args)
-    except ModelStoreError as exc:
-        print(f"dropgpu models: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    return args.models_func(args)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -59,14 +49,14 @@ def _list(args: argparse.Namespace) -> int:
             for e in entries
         ]
         print(json.dumps({"store": str(model_dir(args.dir)), "models": rows}, indent=2))
-        return EXIT_OK
+        return ExitCode.OK
     print(f"model store: {model_dir(args.dir)}")
     if not entries:
         print("  (no models; run `dropgpu models pull htdemucs`)")
     for e in entries:
         sigs = f" [{', '.join(e.signatures)}]" if e.kind == "bag" else ""
         print(f"  {e.name:<16} {e.kind:<6} {e.location:<15} {e.path}{sigs}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _pull(args: argparse.Namespace) -> int:
@@ -77,4 +67,4 @@ def _pull(args: argparse.Namespace) -> int:
     print(f"pulled {args.name} into {where}")
     for path in written:
         print(f"  {path.name}")
-    return EXIT_OK
+    return ExitCode.OK
