@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from infra.storage.bucket import Bucket, Listing, ObjectInfo, RequestStats
 from infra.storage.errors import (
@@ -40,7 +41,7 @@ from infra.storage.errors import (
 )
 from infra.storage.etag_cache import EtagCache, FileStat
 
-log = structlog.get_logger(__name__)
+log: FilteringBoundLogger = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 _CHUNK = 1024 * 1024

@@ -29,6 +29,7 @@ import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore import exceptions as bce
+from structlog.typing import FilteringBoundLogger
 
 from infra.storage.bucket import Bucket, Listing, ObjectInfo, RequestStats
 from infra.storage.errors import (
@@ -43,7 +44,7 @@ from infra.storage.file_window import FileWindow
 from infra.storage.s3_errors import CreateConflict, S3Target, fail_fast, map_s3_error
 from infra.text import redact_url
 
-log = structlog.get_logger(__name__)
+log: FilteringBoundLogger = structlog.get_logger(__name__)
 
 MiB = 1024 * 1024
 _CHUNK = MiB
