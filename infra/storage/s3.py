@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 from botocore import exceptions as bce
 from structlog.typing import FilteringBoundLogger
 
@@ -88,6 +88,10 @@ class S3Bucket(Bucket):
 
     Multipart uploads read parts one at a time per worker, so memory stays near
     ``max_concurrency * part_size`` whatever the file size.
+
+    Clients come from ``session`` when one is given (else a fresh aiobotocore
+    session per client): handlers registered on its botocore events, such as
+    ``before-parameter-build.s3``, see every request this bucket makes.
     """
 
     def __init__(
@@ -101,6 +105,7 @@ class S3Bucket(Bucket):
         max_concurrency: int = 8,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
+        session: AioSession | None = None,
     ) -> None:
         if not bucket_name or "/" in bucket_name:
             raise BucketConfigError(f"invalid S3 bucket name {bucket_name!r}")
@@ -130,6 +135,7 @@ class S3Bucket(Bucket):
             bucket_name, self.url, where or f"AWS S3 ({self.region})", self.region
         )
 
+        self._session = session
         self._client: Any = None
         self._client_cm: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -176,7 +182,7 @@ class S3Bucket(Bucket):
         assert self._lock is not None
         async with self._lock:
             if self._client is None:
-                cm = get_session().create_client(
+                cm = (self._session or get_session()).create_client(
                     "s3", endpoint_url=self.endpoint_url, config=self._config()
                 )
                 client = await cm.__aenter__()
