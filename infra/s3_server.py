@@ -23,13 +23,17 @@ import time
 import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from infra.storage.errors import BucketConfigError
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:
+    from botocore.client import BaseClient
+
+log: FilteringBoundLogger = structlog.get_logger(__name__)
 
 # SeaweedFS derives a component's gRPC port as its HTTP port + 10000 in places,
 # so every port is picked with that neighbour free too, and passed explicitly.
@@ -278,7 +282,7 @@ class SeaweedS3Server:
 
     def client(
         self, *, connect_timeout: float = 5, read_timeout: float = 30, max_attempts: int = 3
-    ) -> Any:
+    ) -> BaseClient:
         """A boto3 S3 client for this server (with its credentials, if it has any)."""
         import boto3
         from botocore.config import Config

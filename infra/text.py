@@ -18,6 +18,8 @@ def redact_url(url: str, *, keep_query: bool = False) -> str:
     URL shown in a message, a log line or a bucket record goes through here.
     """
     parts = urlsplit(url)
+    if keep_query and not (parts.username or parts.password):
+        return url  # nothing to remove: shown exactly as given
     host = parts.hostname or ""
     if parts.port:
         host = f"{host}:{parts.port}"

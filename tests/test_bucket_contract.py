@@ -551,20 +551,20 @@ def test_local_listing_hides_temp_files_and_caches_etags(tmp_path: Path) -> None
 
 
 def test_local_cache_hit_avoids_rehash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import infra.storage.local as lb
+    import infra.storage.etag_cache as lb
 
     root = tmp_path / "bucket"
     root.mkdir()
     for i in range(20):
         (root / f"f{i:02d}").write_bytes(b"data %d" % i)
     hashed: list[Path] = []
-    real = lb._hash_stable
+    real = lb.hash_stable
 
     def counting(path: Path) -> Any:
         hashed.append(path)
         return real(path)
 
-    monkeypatch.setattr(lb, "_hash_stable", counting)
+    monkeypatch.setattr(lb, "hash_stable", counting)
 
     async def scenario() -> None:
         assert len((await LocalFolderBucket(root).list("")).objects) == 20

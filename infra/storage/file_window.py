@@ -37,7 +37,7 @@ class FileWindow(io.RawIOBase):
         self._pos = max(0, min(self._length, base + offset))
         return self._pos
 
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def, override]
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         want = min(len(buffer), self._length - self._pos)
         if want <= 0:
             return 0

@@ -2,7 +2,8 @@
 
 It keeps the S3 semantics dropgpu relies on:
 - ETag = hex MD5 of the content (what S3 gives single-part objects), cached in a
-  disposable sqlite database so listings do not re-hash every file;
+  disposable sqlite database so listings do not re-hash every file
+  (infra.storage.etag_cache);
 - writes are atomic (temp file + fsync + rename): readers never see half a file;
 - create-if-absent is ``link(tmp, final)``, which fails if ``final`` exists, so it
   is exclusive across processes and the object is complete the moment it appears.
@@ -20,16 +21,14 @@ import hashlib
 import os
 import re
 import secrets
-import sqlite3
 import stat
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from infra.storage.bucket import Bucket, Listing, ObjectInfo, RequestStats
 from infra.storage.errors import (
@@ -40,8 +39,9 @@ from infra.storage.errors import (
     TransientStorageError,
     UnsafeKeyError,
 )
+from infra.storage.etag_cache import EtagCache, FileStat
 
-log = structlog.get_logger(__name__)
+log: FilteringBoundLogger = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 _CHUNK = 1024 * 1024
@@ -63,9 +63,6 @@ _TRANSIENT_ERRNOS = {
     errno.ESTALE,
     errno.EINTR,
 }
-# Hash new/changed files in parallel on the first listing of a big folder
-# (hashlib releases the GIL on large buffers).
-_HASH_WORKERS = min(8, os.cpu_count() or 2)
 
 
 def _utc(ts_ns: int) -> datetime:
@@ -133,112 +130,6 @@ def _validate_prefix(prefix: str) -> list[str]:
     return segments
 
 
-@dataclass(frozen=True, slots=True)
-class _Stat:
-    size: int
-    mtime_ns: int
-    inode: int
-    ctime_ns: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> _Stat:
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-
-
-class _EtagCache:
-    """(key, size, mtime_ns, inode, ctime_ns) -> MD5 in sqlite; every error means "compute".
-
-    Several processes share a bucket: WAL lets readers and one writer work at
-    once, the busy timeout rides out short write locks. Nothing here is ever
-    authoritative: a locked database just costs hashing time this once, and a
-    corrupt one is deleted and started afresh.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._warned = False
-        self._reset_done = False
-
-    def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=2.0, isolation_level=None)
-        try:
-            conn.execute("PRAGMA busy_timeout = 2000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS etags (key TEXT PRIMARY KEY, size INTEGER, "
-                "mtime_ns INTEGER, inode INTEGER, ctime_ns INTEGER, etag TEXT)"
-            )
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _run(self, fn: Callable[[sqlite3.Connection], T], default: T) -> T:
-        for _ in range(2):
-            try:
-                conn = self._connect()
-                try:
-                    return fn(conn)
-                finally:
-                    conn.close()
-            except sqlite3.DatabaseError as e:
-                # OperationalError is "locked", "read-only", ...: skip the cache this
-                # time. Any other DatabaseError means a damaged file: start over once.
-                if isinstance(e, sqlite3.OperationalError) or self._reset_done:
-                    self._warn(e)
-                    return default
-                self._reset_done = True
-                log.warning("etag_cache_reset", path=str(self.path), error=str(e))
-                for suffix in ("", "-wal", "-shm"):
-                    with contextlib.suppress(OSError):
-                        os.unlink(f"{self.path}{suffix}")
-            except (sqlite3.Error, OSError) as e:
-                self._warn(e)
-                return default
-        return default
-
-    def _warn(self, e: Exception) -> None:
-        if not self._warned:  # once per bucket object: it recurs on every listing
-            log.warning("etag_cache_unusable", path=str(self.path), error=str(e))
-            self._warned = True
-
-    def load(self, prefix: str) -> dict[str, tuple[_Stat, str]]:
-        def q(conn: sqlite3.Connection) -> dict[str, tuple[_Stat, str]]:
-            rows = conn.execute(
-                "SELECT key, size, mtime_ns, inode, ctime_ns, etag FROM etags "
-                "WHERE substr(key, 1, ?) = ?",
-                (len(prefix), prefix),
-            ).fetchall()
-            return {r[0]: (_Stat(r[1], r[2], r[3], r[4]), r[5]) for r in rows}
-
-        return self._run(q, {})
-
-    def store(self, upserts: dict[str, tuple[_Stat, str]], deletes: Sequence[str] = ()) -> None:
-        if not (upserts or deletes):
-            return
-
-        def q(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO etags VALUES (?, ?, ?, ?, ?, ?)",
-                    [
-                        (k, s.size, s.mtime_ns, s.inode, s.ctime_ns, etag)
-                        for k, (s, etag) in upserts.items()
-                    ],
-                )
-                conn.executemany("DELETE FROM etags WHERE key = ?", [(k,) for k in deletes])
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
-
-        self._run(q, None)
-
-
 class LocalFolderBucket(Bucket):
     """A folder as a bucket. Safe to share between processes on one machine."""
 
@@ -252,7 +143,7 @@ class LocalFolderBucket(Bucket):
         self.root = Path(os.path.realpath(root))
         self.url = self.root.as_uri()
         self.stats = RequestStats()
-        self._cache = _EtagCache(self.root / _STATE_DIR / _CACHE_FILE)
+        self._cache = EtagCache(self.root / _STATE_DIR / _CACHE_FILE)
 
     def __repr__(self) -> str:
         return f"LocalFolderBucket({str(self.root)!r})"
@@ -304,7 +195,7 @@ class LocalFolderBucket(Bucket):
 
     def _scan(
         self, directory: Path, key_prefix: str, prefix: str, start_after: str | None = None
-    ) -> Iterator[tuple[str, Path, _Stat]]:
+    ) -> Iterator[tuple[str, Path, FileStat]]:
         """(key, path, stat) of regular files below ``directory`` that may match ``prefix``."""
         try:
             it = os.scandir(directory)
@@ -346,7 +237,7 @@ class LocalFolderBucket(Bucket):
                     # it cannot be addressed as a key, so say so instead of failing later.
                     log.warning("skipping_unaddressable_file", path=entry.path, reason=str(e))
                     continue
-                yield key, Path(entry.path), _Stat.of(st)
+                yield key, Path(entry.path), FileStat.of(st)
 
     def _list_sync(
         self, prefix: str, dir_segments: list[str], start_after: str | None = None
@@ -360,43 +251,10 @@ class LocalFolderBucket(Bucket):
             for k, p, s in self._scan(start, key_prefix, prefix, start_after)
             if k.startswith(prefix)
         ]
-        cached = self._cache.load(prefix)
-
-        etags: dict[str, str] = {}
-        todo: list[tuple[str, Path, _Stat]] = []
-        for key, path, st in found:
-            hit = cached.get(key)
-            if hit is not None and hit[0] == st:
-                etags[key] = hit[1]
-            else:
-                todo.append((key, path, st))
-
-        fresh: dict[str, tuple[_Stat, str]] = {}
-        final_stat: dict[str, _Stat] = {}
-        if todo:
-            workers = min(_HASH_WORKERS, len(todo))
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                results = list(pool.map(lambda t: (t[0], _hash_stable(t[1])), todo))
-            for key, res in results:
-                if res is None:
-                    continue  # vanished while hashing
-                etag, st_after, stable = res
-                etags[key] = etag
-                final_stat[key] = st_after
-                if stable:
-                    fresh[key] = (st_after, etag)
-
-        listed = {k for k, _, _ in found}
-        # Keys at or before start_after were not looked at: they are not stale.
-        stale = [k for k in cached if k not in listed and (start_after is None or k > start_after)]
-        self._cache.store(fresh, stale)
-
-        objects = []
-        for key, _, st in found:
-            if key not in etags:
-                continue
-            st = final_stat.get(key, st)
-            objects.append(ObjectInfo(key, etags[key], st.size, _utc(st.mtime_ns)))
+        etags = self._cache.etags(prefix, found, start_after=start_after)
+        objects = [
+            ObjectInfo(key, etag, st.size, _utc(st.mtime_ns)) for key, (etag, st) in etags.items()
+        ]
         # Python orders str by code point, which is S3's UTF-8 byte order.
         objects.sort(key=lambda o: o.key)
         return objects
@@ -532,7 +390,7 @@ class LocalFolderBucket(Bucket):
         with contextlib.suppress(OSError):
             st = os.stat(path)
             if st.st_ino == inode:
-                self._cache.store({key: (_Stat.of(st), etag)})
+                self._cache.store({key: (FileStat.of(st), etag)})
         return etag
 
     @staticmethod
@@ -582,26 +440,6 @@ class LocalFolderBucket(Bucket):
 
     async def close(self) -> None:
         return None
-
-
-def _hash_stable(path: Path) -> tuple[str, _Stat, bool] | None:
-    """(md5, stat after, unchanged during hashing?) or None when the file vanished."""
-    try:
-        with open(path, "rb") as f:
-            before = _Stat.of(os.fstat(f.fileno()))
-            md5 = hashlib.md5(usedforsecurity=False)
-            while chunk := f.read(_CHUNK):
-                md5.update(chunk)
-            after = _Stat.of(os.fstat(f.fileno()))
-    except (FileNotFoundError, IsADirectoryError):
-        return None
-    except OSError as e:
-        # One unreadable file must not stop every listing of the folder.
-        log.warning("skipping_unreadable_file", path=str(path), error=str(e))
-        return None
-    # Written to while we hashed (a sync tool still copying): report it but do
-    # not cache; its fresh mtime keeps it unsettled and the next listing re-hashes.
-    return md5.hexdigest(), after, before == after
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -6,9 +6,10 @@ argument, else ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``; the region fr
 the argument, else ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, else ``us-east-1``
 (Cloudflare R2 documents ``auto`` but also accepts ``us-east-1``).
 
-Every failure is mapped onto infra.storage.errors: retrying cannot fix a
-BucketConfigError (its message says what to change), a TransientStorageError is
-worth retrying later (botocore's own adaptive retries are already spent).
+Every failure is mapped onto infra.storage.errors by infra.storage.s3_errors:
+retrying cannot fix a BucketConfigError (its message says what to change), a
+TransientStorageError is worth retrying later (botocore's own adaptive retries
+are already spent).
 """
 
 from __future__ import annotations
@@ -23,13 +24,12 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 import structlog
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 from botocore import exceptions as bce
+from structlog.typing import FilteringBoundLogger
 
 from infra.storage.bucket import Bucket, Listing, ObjectInfo, RequestStats
 from infra.storage.errors import (
@@ -41,8 +41,10 @@ from infra.storage.errors import (
     UnsafeKeyError,
 )
 from infra.storage.file_window import FileWindow
+from infra.storage.s3_errors import CreateConflict, S3Target, fail_fast, map_s3_error
+from infra.text import redact_url
 
-log = structlog.get_logger(__name__)
+log: FilteringBoundLogger = structlog.get_logger(__name__)
 
 MiB = 1024 * 1024
 _CHUNK = MiB
@@ -50,55 +52,6 @@ _MIN_PART = 5 * MiB  # S3's minimum size for every part but the last
 _MAX_PARTS = 10_000
 _MAX_KEY_BYTES = 1024
 _CREATE_CONFLICT_TRIES = 4
-
-_THROTTLE_CODES = {
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "RequestThrottled",
-    "RequestLimitExceeded",
-    "TooManyRequests",
-    "TooManyRequestsException",
-    "RequestTimeout",
-    "RequestTimeoutException",
-    "InternalError",
-    "ServiceUnavailable",
-    "OperationAborted",
-    "NoSuchUpload",  # an upload aborted under us: redo the whole put
-}
-_TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
-    bce.ReadTimeoutError,
-    bce.ConnectionClosedError,
-    bce.ResponseStreamingError,
-    bce.IncompleteReadError,
-    bce.HTTPClientError,
-    aiohttp.ClientError,
-    asyncio.TimeoutError,
-    ConnectionError,
-)
-# Failures reaching the endpoint at all: a config problem until it has answered once.
-_UNREACHABLE_EXCEPTIONS: tuple[type[BaseException], ...] = (
-    bce.EndpointConnectionError,
-    bce.ConnectTimeoutError,
-    bce.SSLError,
-    bce.ProxyConnectionError,
-)
-
-
-class _CreateConflict(TransientStorageError):
-    """HTTP 409 ConditionalRequestConflict: another create of the key is in flight."""
-
-
-def _redact_url(url: str) -> str:
-    """An endpoint URL without any user:password part, for messages."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-    return url
 
 
 def _lenient_start_after(start_after: str) -> str:
@@ -135,6 +88,10 @@ class S3Bucket(Bucket):
 
     Multipart uploads read parts one at a time per worker, so memory stays near
     ``max_concurrency * part_size`` whatever the file size.
+
+    Clients come from ``session`` when one is given (else a fresh aiobotocore
+    session per client): handlers registered on its botocore events, such as
+    ``before-parameter-build.s3``, see every request this bucket makes.
     """
 
     def __init__(
@@ -148,6 +105,7 @@ class S3Bucket(Bucket):
         max_concurrency: int = 8,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
+        session: AioSession | None = None,
     ) -> None:
         if not bucket_name or "/" in bucket_name:
             raise BucketConfigError(f"invalid S3 bucket name {bucket_name!r}")
@@ -171,10 +129,13 @@ class S3Bucket(Bucket):
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.stats = RequestStats()
-        where = _redact_url(self.endpoint_url) if self.endpoint_url else None
+        where = redact_url(self.endpoint_url, keep_query=True) if self.endpoint_url else None
         self.url = f"s3://{bucket_name}" + (f" (endpoint {where})" if where else "")
-        self._where = where or f"AWS S3 ({self.region})"
+        self._target = S3Target(
+            bucket_name, self.url, where or f"AWS S3 ({self.region})", self.region
+        )
 
+        self._session = session
         self._client: Any = None
         self._client_cm: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -221,7 +182,7 @@ class S3Bucket(Bucket):
         assert self._lock is not None
         async with self._lock:
             if self._client is None:
-                cm = get_session().create_client(
+                cm = (self._session or get_session()).create_client(
                     "s3", endpoint_url=self.endpoint_url, config=self._config()
                 )
                 client = await cm.__aenter__()
@@ -229,9 +190,11 @@ class S3Bucket(Bucket):
                 self._client_cm, self._client = cm, client
         return self._client
 
-    def _fail_fast_unreached(self, caught_exception: BaseException | None = None, **_: Any) -> Any:
+    def _fail_fast_unreached(
+        self, caught_exception: BaseException | None = None, **_: Any
+    ) -> bool | None:
         """needs-retry hook: no backoff retries while the endpoint has never answered."""
-        if not self._reached and isinstance(caught_exception, _UNREACHABLE_EXCEPTIONS):
+        if fail_fast(caught_exception, reached=self._reached):
             return False  # a non-None answer that means "do not retry"
         return None
 
@@ -251,92 +214,10 @@ class S3Bucket(Bucket):
     # -- errors ------------------------------------------------------------------
 
     def _map_error(self, e: BaseException, op: str, key: str) -> BucketError:
-        """One of our exceptions for a botocore/aiohttp one; says what to fix where it can."""
-        what = f"{op} {key!r} in {self.url}"
-        if isinstance(e, BucketError):
-            return e
+        """One of our exceptions for a botocore/aiohttp one (see infra.storage.s3_errors)."""
         if isinstance(e, bce.ClientError):
-            self._reached = True
-            err = e.response.get("Error", {})
-            meta = e.response.get("ResponseMetadata", {})
-            code = str(err.get("Code", ""))
-            status = int(meta.get("HTTPStatusCode") or 0)
-            detail = f"{code or 'error'} (HTTP {status})"
-            if err.get("Message"):
-                detail += f": {err['Message']}"
-            mapped = self._map_client_error(code, status, what, f"{op} {key!r}", detail)
-            mapped.retry_attempts = int(meta.get("RetryAttempts") or 0)  # type: ignore[attr-defined]
-            return mapped
-        if isinstance(e, bce.NoCredentialsError | bce.PartialCredentialsError):
-            return BucketConfigError(
-                f"no usable AWS credentials for {self.url}: set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
-            )
-        if isinstance(e, bce.CredentialRetrievalError | bce.TokenRetrievalError):
-            return BucketConfigError(f"could not load AWS credentials for {self.url}: {e}")
-        if isinstance(e, _UNREACHABLE_EXCEPTIONS):
-            if not self._reached:
-                return BucketConfigError(
-                    f"cannot reach the S3 endpoint {self._where} for bucket {self.name!r} "
-                    f"({type(e).__name__}): start the server or fix --endpoint-url / "
-                    "AWS_ENDPOINT_URL"
-                )
-            return TransientStorageError(f"{what}: endpoint unreachable: {e}")
-        if isinstance(e, _TRANSIENT_EXCEPTIONS):
-            return TransientStorageError(f"{what}: {type(e).__name__}: {e}")
-        if isinstance(e, bce.ParamValidationError):
-            return BucketError(f"{what}: invalid request: {e}")
-        return BucketError(f"{what}: {type(e).__name__}: {e}")
-
-    def _map_client_error(
-        self, code: str, status: int, what: str, doing: str, detail: str
-    ) -> BucketError:
-        name, where = self.name, self._where
-        if code == "NoSuchBucket":
-            return BucketConfigError(
-                f"bucket {name!r} does not exist at {where}: create it or fix --bucket "
-                f"(during {doing})"
-            )
-        if code == "InvalidBucketName":
-            return BucketConfigError(
-                f"{name!r} is not a valid bucket name at {where}: fix --bucket"
-            )
-        if code == "InvalidAccessKeyId":
-            return BucketConfigError(
-                f"{what}: the access key is not known to {where}: "
-                "fix AWS_ACCESS_KEY_ID (or the profile)"
-            )
-        if code == "SignatureDoesNotMatch":
-            return BucketConfigError(
-                f"{what}: the secret key does not match the access key at {where}: "
-                "fix AWS_SECRET_ACCESS_KEY (or the profile)"
-            )
-        if code in ("ExpiredToken", "InvalidToken", "TokenRefreshRequired"):
-            return BucketConfigError(f"{what}: the AWS session token is invalid or expired")
-        if code == "RequestTimeTooSkewed":
-            return BucketConfigError(f"{what}: this machine's clock is too far off: sync it")
-        if code in ("PermanentRedirect", "AuthorizationHeaderMalformed") or status == 301:
-            return BucketConfigError(
-                f"bucket {name!r} is in another region than {self.region!r}: set AWS_REGION "
-                f"(during {doing})"
-            )
-        if code in ("AccessDenied", "AllAccessDisabled", "AccountProblem") or status == 403:
-            # SeaweedFS also answers a PUT into a missing bucket with AccessDenied.
-            return BucketConfigError(
-                f"access denied: {what}: check that bucket {name!r} exists at {where} and that "
-                f"the credentials may read, write and list it [{detail}]"
-            )
-        if code in ("NoSuchKey", "NotFound") or status == 404:
-            return ObjectNotFound(f"{what}: not found")
-        if code == "PreconditionFailed" or status == 412:
-            return PreconditionFailed(f"{what}: {detail}")
-        if code == "ConditionalRequestConflict":
-            return _CreateConflict(f"{what}: {detail}")
-        if code == "KeyTooLongError":
-            return UnsafeKeyError(f"{what}: {detail}")
-        if code in _THROTTLE_CODES or status >= 500 or status in (408, 429):
-            return TransientStorageError(f"{what}: {detail}")
-        return BucketError(f"{what}: {detail}")
+            self._reached = True  # an error answer is an answer
+        return map_s3_error(e, op, key, self._target, reached=self._reached)
 
     async def _call(self, stat: str, op: str, key: str, method: str, **kwargs: Any) -> Any:
         client = await self._get_client()
@@ -591,7 +472,7 @@ class S3Bucket(Bucket):
                 return True
             except PreconditionFailed:
                 return await self._is_ours(key, body)
-            except _CreateConflict:
+            except CreateConflict:
                 # 409: a concurrent create of this key is in flight; it will
                 # usually win, so look again briefly, then call it lost.
                 if attempt == _CREATE_CONFLICT_TRIES - 1:

@@ -1,0 +1,208 @@
+"""The folder bucket's ETags: the MD5 of each file, cached by its stat in sqlite.
+
+S3 gives a single-part object the hex MD5 of its content as ETag; the folder
+bucket does the same for every file, whatever its size. Hashing a big folder on
+every listing would be slow, so each ETag is kept with the file's (size,
+mtime_ns, inode, ctime_ns): while those match, the file is not read again.
+
+The database is disposable: several processes share it (WAL, a busy timeout),
+and every failure means "compute". A locked or read-only file costs hashing time
+this once; a corrupt one is deleted and started afresh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import structlog
+from structlog.typing import FilteringBoundLogger
+
+log: FilteringBoundLogger = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+_CHUNK = 1024 * 1024
+# Hash new/changed files in parallel on the first listing of a big folder
+# (hashlib releases the GIL on large buffers).
+HASH_WORKERS = min(8, os.cpu_count() or 2)
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    """What must not change for a cached ETag to stay valid."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileStat:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+def hash_stable(path: Path) -> tuple[str, FileStat, bool] | None:
+    """(md5, stat after, unchanged during hashing?) or None when the file vanished."""
+    try:
+        with open(path, "rb") as f:
+            before = FileStat.of(os.fstat(f.fileno()))
+            md5 = hashlib.md5(usedforsecurity=False)
+            while chunk := f.read(_CHUNK):
+                md5.update(chunk)
+            after = FileStat.of(os.fstat(f.fileno()))
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    except OSError as e:
+        # One unreadable file must not stop every listing of the folder.
+        log.warning("skipping_unreadable_file", path=str(path), error=str(e))
+        return None
+    # Written to while we hashed (a sync tool still copying): report it but do
+    # not cache; its fresh mtime keeps it unsettled and the next listing re-hashes.
+    return md5.hexdigest(), after, before == after
+
+
+class EtagCache:
+    """(key, size, mtime_ns, inode, ctime_ns) -> MD5 in sqlite; every error means "compute".
+
+    Several processes share a bucket: WAL lets readers and one writer work at
+    once, the busy timeout rides out short write locks. Nothing here is ever
+    authoritative: a locked database just costs hashing time this once, and a
+    corrupt one is deleted and started afresh.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._warned = False
+        self._reset_done = False
+
+    def etags(
+        self,
+        prefix: str,
+        files: Sequence[tuple[str, Path, FileStat]],
+        *,
+        start_after: str | None = None,
+    ) -> dict[str, tuple[str, FileStat]]:
+        """ETag and stat of each listed ``(key, path, stat)``; only new or changed files are read.
+
+        ``files`` is everything a listing of ``prefix`` found (after ``start_after``);
+        cached keys under ``prefix`` it did not find are forgotten. A file that
+        vanished while it was hashed is left out of the answer.
+        """
+        cached = self.load(prefix)
+        out: dict[str, tuple[str, FileStat]] = {}
+        todo: list[tuple[str, Path]] = []
+        for key, path, st in files:
+            hit = cached.get(key)
+            if hit is not None and hit[0] == st:
+                out[key] = (hit[1], st)
+            else:
+                todo.append((key, path))
+
+        fresh: dict[str, tuple[FileStat, str]] = {}
+        if todo:
+            with ThreadPoolExecutor(max_workers=min(HASH_WORKERS, len(todo))) as pool:
+                results = list(pool.map(lambda t: (t[0], hash_stable(t[1])), todo))
+            for key, res in results:
+                if res is None:
+                    continue  # vanished while hashing
+                etag, st_after, stable = res
+                out[key] = (etag, st_after)
+                if stable:
+                    fresh[key] = (st_after, etag)
+
+        listed = {key for key, _, _ in files}
+        # Keys at or before start_after were not looked at: they are not stale.
+        stale = [k for k in cached if k not in listed and (start_after is None or k > start_after)]
+        self.store(fresh, stale)
+        return out
+
+    def load(self, prefix: str) -> dict[str, tuple[FileStat, str]]:
+        """Every cached entry whose key starts with ``prefix``; {} when the cache is unusable."""
+
+        def q(conn: sqlite3.Connection) -> dict[str, tuple[FileStat, str]]:
+            rows = conn.execute(
+                "SELECT key, size, mtime_ns, inode, ctime_ns, etag FROM etags "
+                "WHERE substr(key, 1, ?) = ?",
+                (len(prefix), prefix),
+            ).fetchall()
+            return {r[0]: (FileStat(r[1], r[2], r[3], r[4]), r[5]) for r in rows}
+
+        return self._run(q, {})
+
+    def store(self, upserts: dict[str, tuple[FileStat, str]], deletes: Sequence[str] = ()) -> None:
+        """Remember ``upserts`` and forget ``deletes`` in one transaction (best effort)."""
+        if not (upserts or deletes):
+            return
+
+        def q(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO etags VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (k, s.size, s.mtime_ns, s.inode, s.ctime_ns, etag)
+                        for k, (s, etag) in upserts.items()
+                    ],
+                )
+                conn.executemany("DELETE FROM etags WHERE key = ?", [(k,) for k in deletes])
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+
+        self._run(q, None)
+
+    # -- sqlite ---------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=2.0, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 2000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS etags (key TEXT PRIMARY KEY, size INTEGER, "
+                "mtime_ns INTEGER, inode INTEGER, ctime_ns INTEGER, etag TEXT)"
+            )
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T], default: T) -> T:
+        for _ in range(2):
+            try:
+                conn = self._connect()
+                try:
+                    return fn(conn)
+                finally:
+                    conn.close()
+            except sqlite3.DatabaseError as e:
+                # OperationalError is "locked", "read-only", ...: skip the cache this
+                # time. Any other DatabaseError means a damaged file: start over once.
+                if isinstance(e, sqlite3.OperationalError) or self._reset_done:
+                    self._warn(e)
+                    return default
+                self._reset_done = True
+                log.warning("etag_cache_reset", path=str(self.path), error=str(e))
+                for suffix in ("", "-wal", "-shm"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(f"{self.path}{suffix}")
+            except (sqlite3.Error, OSError) as e:
+                self._warn(e)
+                return default
+        return default
+
+    def _warn(self, e: Exception) -> None:
+        if not self._warned:  # once per bucket object: it recurs on every listing
+            log.warning("etag_cache_unusable", path=str(self.path), error=str(e))
+            self._warned = True
