@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.contract.keys import DONE, JobRef, split_input_key
+from handlers.jobs.claims import reset_job
 from infra.storage.bucket import Bucket
 from infra.storage.errors import BucketError
 from watcher.config import Config
@@ -167,12 +168,7 @@ async def retry_key(bucket: Bucket, config: Config, key: str) -> RetryResult:
     if not any(o.key == ref.done_key for o in done.objects):
         return RetryResult(key, False, "not finished yet (pending, running or waiting to retry)")
     try:
-        claims = await bucket.list(ref.claims_prefix)
-        for o in claims.objects:
-            await bucket.delete(o.key)
-        await bucket.delete(ref.failed_index_key)
-        # The done marker goes last: until it is gone, no watcher starts the job.
-        await bucket.delete(ref.done_key)
+        await reset_job(bucket, ref)
     except BucketError as exc:
         return RetryResult(key, False, f"storage error: {exc}")
     return RetryResult(key, True, "will run again on the next tick; its manifest is replaced then")

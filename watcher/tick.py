@@ -17,8 +17,8 @@ import structlog
 
 from handlers.contract.keys import JobRef
 from handlers.contract.manifest import iso, utc_now
+from handlers.jobs.claims import create_claim
 from handlers.jobs.commit import commit, repair
-from handlers.jobs.lease import claim_body
 from handlers.jobs.runner import failed_manifest
 from handlers.jobs.spec import JobSpec, RetryPolicy
 from handlers.jobs.webhooks import notify_in_background
@@ -100,15 +100,7 @@ async def _try_claim(
     assert d.ref is not None and d.obj is not None
     claimed_at = iso(utc_now()) or ""
     spec = make_job_spec(config, route, d.ref, d.obj, d.next_attempt, claimed_at)
-    body = claim_body(
-        phase="claimed",
-        progress=0.0,
-        job_id=d.ref.job_id,
-        input_key=d.ref.input_key,
-        attempt=d.next_attempt,
-        claimed_at=claimed_at,
-    )
-    if await bucket.create_if_absent(spec.claim_key, body):
+    if await create_claim(bucket, d.ref, d.next_attempt, claimed_at=claimed_at):
         return spec
     return None
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 import json
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from handlers.contract.feed import build_feed_record
 from handlers.contract.keys import JobRef
+from handlers.jobs.claims import delete_claims
 from handlers.jobs.retry import with_storage_retries
 from infra.storage.bucket import Bucket
 
-log = structlog.get_logger(__name__)
+log: FilteringBoundLogger = structlog.get_logger(__name__)
 
 
 async def current_etag(bucket: Bucket, key: str) -> str | None:
@@ -61,12 +63,6 @@ async def publish_manifest(
     if failed:
         await with_storage_retries(lambda: bucket.put_bytes(ref.failed_index_key, b"{}"))
     return written
-
-
-async def delete_claims(bucket: Bucket, ref: JobRef) -> None:
-    listing = await with_storage_retries(lambda: bucket.list(ref.claims_prefix))
-    for obj in listing.objects:
-        await with_storage_retries(lambda key=obj.key: bucket.delete(key))
 
 
 async def write_feed_record(bucket: Bucket, ref: JobRef, *, failed: bool) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import mimetypes
 import os
 import re
@@ -17,7 +16,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -38,6 +37,7 @@ from handlers.contract.manifest import (
     utc_now,
 )
 from handlers.exceptions import HandlerConfigError, InputError
+from handlers.jobs.claims import drop_claim, record_failure
 from handlers.jobs.commit import commit
 from handlers.jobs.lease import Lease, LeaseLost
 from handlers.jobs.retry import backoff_delay, with_storage_retries
@@ -365,10 +365,7 @@ class JobRunner:
         return JobOutcome(outcome.status, outcome.message, outcome.manifest_key, handler_ran)
 
     async def _drop_claim(self, job: JobSpec) -> None:
-        try:
-            await self.bucket.delete(job.claim_key)
-        except BucketError as exc:
-            log.warning("could not delete claim", claim=job.claim_key, error=str(exc))
+        await drop_claim(self.bucket, job.claim_key)
 
 
 # -- manifests -------------------------------------------------------------------------
@@ -491,18 +488,7 @@ async def record_transient_failure(
             )
         delay = backoff_delay(job.attempt, policy.backoff_base_seconds, policy.backoff_max_seconds)
         retry_at_ms = int((time.time() + delay) * 1000)
-        body = json.dumps(
-            {
-                "kind": "transient",
-                "message": message,
-                "attempt": job.attempt,
-                "retry_at": iso(datetime.fromtimestamp(retry_at_ms / 1000, UTC)),
-            },
-            ensure_ascii=False,
-        ).encode()
-        await with_storage_retries(
-            lambda: bucket.create_if_absent(job.ref.failure_key(job.attempt, retry_at_ms), body)
-        )
+        await record_failure(bucket, job.ref, job.attempt, message=message, retry_at_ms=retry_at_ms)
         blog.info("attempt will be retried", retry_in_s=round(delay, 1), error=message)
         return JobOutcome("retry", message)
     except Exception as exc:  # storage is down: the lease expiry retries the job

@@ -160,23 +160,11 @@ async def route_capacity(bucket: Any, config: Config, settings: DeploySettings) 
     return free
 
 
-async def _release(bucket: Any, spec: Any) -> None:
-    # A released attempt is retried by the next tick and does not count against max_attempts.
-    from handlers.contract.manifest import iso, utc_now
-    from handlers.jobs.lease import claim_body
-    from infra.storage.errors import BucketError
-
-    try:
-        body = claim_body(released_at=iso(utc_now()))
-        await bucket.create_if_absent(spec.ref.released_key(spec.attempt), body)
-    except BucketError as exc:
-        log.warning("could not release claim; it expires with its lease", error=str(exc))
-
-
 async def run_watcher_tick(
     bucket: Any, config: Config, settings: DeploySettings, spawn: Spawn
 ) -> dict[str, Any]:
     """Tick each route that has work, claiming at most its free capacity, and spawn."""
+    from handlers.jobs.claims import release_claim
     from watcher.tick import run_tick
 
     free = await route_capacity(bucket, config, settings)
@@ -201,7 +189,8 @@ async def run_watcher_tick(
                     key=spec.ref.input_key,
                     error=str(exc),
                 )
-                await _release(bucket, spec)
+                # Released: the next tick retries it, and it uses up no attempt.
+                await release_claim(bucket, spec.ref, spec.attempt)
 
         only_route = config.model_copy(update={"routes": {route.name: route}})
         report = await run_tick(bucket, only_route, dispatch, capacity=capacity)

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from handlers.contract.manifest import iso, utc_now
-from handlers.jobs.lease import claim_body
+from handlers.jobs.claims import release_claim
 from handlers.jobs.runner import JobOutcome, record_transient_failure
 from handlers.jobs.spec import JobSpec
 from handlers.jobs.webhooks import drain_notifications
@@ -55,12 +54,7 @@ class StopSignal:
 async def _release(bucket: Bucket, jobs: list[JobSpec]) -> int:
     released = 0
     for spec in jobs:
-        try:
-            body = claim_body(released_at=iso(utc_now()))  # unique per caller
-            await bucket.create_if_absent(spec.ref.released_key(spec.attempt), body)
-            released += 1
-        except BucketError as exc:
-            log.warning("could not release claim; it expires with its lease", error=str(exc))
+        released += await release_claim(bucket, spec.ref, spec.attempt)
     return released
 
 
