@@ -58,9 +58,9 @@ def test_job_lines_carry_route_key_etag_attempt(json_log: io.StringIO, tmp_path:
     job_lines = [
         line
         for line in _lines(json_log)
-        if line["event"] in ("claimed", "job started", "job committed")
+        if line["event"] in ("claimed", "job_started", "job_committed")
     ]
-    assert {line["event"] for line in job_lines} == {"claimed", "job started", "job committed"}
+    assert {line["event"] for line in job_lines} == {"claimed", "job_started", "job_committed"}
     for line in job_lines:
         assert line["route"] == "count" and line["key"] == "inputs/count/a.bin"
         assert line["etag"] and line["attempt"] == 1

@@ -19,7 +19,7 @@ from handlers.contract.keys import JobRef
 from handlers.contract.manifest import iso, utc_now
 from handlers.jobs.claims import create_claim
 from handlers.jobs.commit import commit, repair
-from handlers.jobs.runner import failed_manifest
+from handlers.jobs.manifests import failed_manifest
 from handlers.jobs.spec import JobSpec, RetryPolicy
 from handlers.jobs.webhooks import notify_in_background
 from infra.storage.bucket import Bucket, ObjectInfo

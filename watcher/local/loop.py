@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import structlog
 
 from handlers.jobs.claims import release_claim
-from handlers.jobs.runner import JobOutcome, record_transient_failure
+from handlers.jobs.failures import record_transient_failure
+from handlers.jobs.outcome import JobOutcome, JobStatus
 from handlers.jobs.spec import JobSpec
 from handlers.jobs.webhooks import drain_notifications
 from infra.storage.bucket import Bucket
@@ -60,9 +61,9 @@ async def _release(bucket: Bucket, jobs: list[JobSpec]) -> int:
 
 def _record(summary: WatchSummary, spec: JobSpec, outcome: JobOutcome) -> None:
     summary.outcomes[outcome.status] += 1
-    if outcome.status == "succeeded" and outcome.manifest_key:
+    if outcome.status == JobStatus.SUCCEEDED and outcome.manifest_key:
         summary.succeeded_manifests.append(outcome.manifest_key)
-    elif outcome.status == "failed" and outcome.manifest_key:
+    elif outcome.status == JobStatus.FAILED and outcome.manifest_key:
         summary.failed_manifests.append(outcome.manifest_key)
 
 

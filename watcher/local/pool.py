@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from handlers.jobs.runner import JobOutcome
+from handlers.jobs.outcome import JobOutcome, JobStatus
 from handlers.jobs.spec import JobSpec
 
 log = structlog.get_logger(__name__)
@@ -91,7 +91,7 @@ async def _worker_loop(index: int, options: WorkerOptions, tasks: Any, results: 
                 outcome = await runner.run(spec)
             except BaseException as exc:  # the runner catches errors; this is a last resort
                 wlog.exception("runner crashed")
-                outcome = JobOutcome("retry", f"runner crashed: {exc}")
+                outcome = JobOutcome(JobStatus.RETRY, f"runner crashed: {exc}")
             results.put(("done", index, spec.ref.job_id, outcome))
 
 
