@@ -103,7 +103,7 @@ class WatchSettings(BaseModel):
     # A claim whose heartbeat is older than this is a crashed attempt.
     lease_ttl_seconds: float = Field(default=120.0, ge=2, le=86_400)
     max_claims_per_tick: int = Field(default=64, ge=1, le=10_000)
-    # Capped exponential backoff (with full jitter) between transient failures.
+    # Capped exponential backoff (with equal jitter) between transient failures.
     backoff_base_seconds: float = Field(default=30.0, ge=0, le=86_400)
     backoff_max_seconds: float = Field(default=900.0, ge=0, le=86_400)
     scratch_dir: Path | None = None

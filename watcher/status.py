@@ -12,18 +12,7 @@ from handlers.jobs.claims import reset_job
 from infra.storage.bucket import Bucket
 from infra.storage.errors import BucketError
 from watcher.config import Config
-from watcher.state import (
-    CLAIMABLE,
-    DONE_STATE,
-    GIVE_UP,
-    IGNORED,
-    REPAIR,
-    RETRY_WAIT,
-    RUNNING,
-    SETTLING,
-    classify,
-    take_snapshot,
-)
+from watcher.state import DecisionState, classify, take_snapshot
 
 
 @dataclass(slots=True)
@@ -54,21 +43,25 @@ async def collect_status(
         st = out.setdefault(route.name, RouteStatus())
         for obj in snapshot.inputs.get(route.name, []):
             d = classify(snapshot, route, obj, lease_ttl_seconds=ttl)
-            if d.state == IGNORED:
+            if d.state == DecisionState.IGNORED:
                 st.ignored += 1
-            elif d.state in (DONE_STATE, REPAIR):
+            elif d.state in (DecisionState.DONE, DecisionState.REPAIR):
                 if d.ref and d.ref.job_id in snapshot.failed:
                     st.failed += 1
                 else:
                     st.succeeded += 1
-            elif d.state == RUNNING:
+            elif d.state == DecisionState.RUNNING:
                 st.running += 1
                 newest = d.claims.newest if d.claims else None
                 if newest and newest.claim:
                     running_claims.append((st, obj.key, newest.claim.key))
-            elif d.state == RETRY_WAIT:
+            elif d.state == DecisionState.RETRY_WAIT:
                 st.retrying += 1
-            elif d.state in (SETTLING, CLAIMABLE, GIVE_UP):
+            elif d.state in (
+                DecisionState.SETTLING,
+                DecisionState.CLAIMABLE,
+                DecisionState.GIVE_UP,
+            ):
                 st.pending += 1
     if progress and running_claims:
         # Progress lives in claim bodies: GETs only for running jobs, only here.

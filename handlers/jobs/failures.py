@@ -37,7 +37,7 @@ async def record_transient_failure(
     started_at: datetime | None = None,
     timings: dict[str, float | None] | None = None,
 ) -> JobOutcome:
-    """Schedule a retry with backoff, or commit "gave_up" after the last attempt."""
+    """Schedule a retry with backoff (equal jitter), or commit "gave_up" after the last attempt."""
     policy = job.retry
     try:
         if job.attempt >= policy.max_attempts:

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from handlers.jobs.outcome import JobOutcome, JobStatus
 from handlers.jobs.spec import JobSpec
 
-log = structlog.get_logger(__name__)
+log: FilteringBoundLogger = structlog.get_logger(__name__)
 _STOP = "stop"
 
 
@@ -74,7 +75,8 @@ async def _worker_loop(index: int, options: WorkerOptions, tasks: Any, results: 
 
     device = select_device(options.device)
     worker_name = f"{os.uname().nodename}:{os.getpid()}/w{index}"
-    wlog = log.bind(worker=worker_name, device=device.name)
+    # This process is this worker: every line it logs names it (the runner adds the job).
+    structlog.contextvars.bind_contextvars(worker=worker_name, device=device.name)
     async with open_bucket(options.bucket, endpoint_url=options.endpoint_url) as bucket:
         runner = JobRunner(
             bucket, scratch_root=Path(options.scratch_root), device=device, worker_name=worker_name
@@ -90,7 +92,7 @@ async def _worker_loop(index: int, options: WorkerOptions, tasks: Any, results: 
             try:
                 outcome = await runner.run(spec)
             except BaseException as exc:  # the runner catches errors; this is a last resort
-                wlog.exception("runner crashed")
+                log.exception("runner_crashed", job_id=spec.ref.job_id)
                 outcome = JobOutcome(JobStatus.RETRY, f"runner crashed: {exc}")
             results.put(("done", index, spec.ref.job_id, outcome))
 
@@ -157,7 +159,7 @@ class LocalWorkerPool:
         # job, which then gets a transient failure and is retried.
         for w in self._workers:
             if w.job is None:
-                log.warning("submitting to a worker that is not ready", worker=w.index)
+                log.warning("submitted_to_worker_not_ready", worker=w.index)
                 w.job = spec
                 w.tasks.put(spec.to_dict())
                 return
@@ -180,7 +182,7 @@ class LocalWorkerPool:
         for i, w in enumerate(self._workers):
             if not w.process.is_alive():
                 log.error(
-                    "worker process died",
+                    "worker_died",
                     worker=w.index,
                     exitcode=w.process.exitcode,
                     job_id=w.job.ref.job_id if w.job else None,
