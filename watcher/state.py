@@ -3,12 +3,16 @@
 One snapshot = one paginated LIST per route prefix (in parallel), one of
 _dropgpu/done/ and one of _dropgpu/claims/. No per-object HEAD or GET: every
 fact the tick needs is in key names and LastModified.
+
+This is the one reader of the claim protocol (its writer: handlers/jobs/claims.py).
+``take_snapshot`` does the listing; ``build_snapshot`` and ``classify`` are pure.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -68,11 +72,42 @@ async def take_snapshot(bucket: Bucket, config: Config, *, with_failed: bool = F
     claims_listing = await bucket.list(CLAIMS)
     prefixes = [r.prefix for r in routes] + [DONE] + ([FAILED] if with_failed else [])
     listings: list[Listing] = await asyncio.gather(*(bucket.list(p) for p in prefixes))
-    route_listings = listings[: len(routes)]
-    done_listing = listings[len(routes)]
-    listings.append(claims_listing)
+    return build_snapshot(
+        {r.name: listing for r, listing in zip(routes, listings[: len(routes)], strict=True)},
+        done=listings[len(routes)],
+        claims=claims_listing,
+        failed=listings[len(routes) + 1] if with_failed else None,
+    )
+
+
+def build_snapshot(
+    inputs: Mapping[str, Listing],
+    *,
+    done: Listing,
+    claims: Listing,
+    failed: Listing | None = None,
+) -> Snapshot:
+    """The snapshot these listings describe: route name -> its input listing, and the
+    listings of _dropgpu/done/, _dropgpu/claims/ and (for status) _dropgpu/failed/.
+
+    Pure: no I/O, so every state can be built from ObjectInfo lists in a test.
+    """
+    listings = [*inputs.values(), done, claims, *([failed] if failed is not None else [])]
+    return Snapshot(
+        # The oldest server clock reading is the safe one for "is it stale yet".
+        server_time=min(listing.server_time for listing in listings),
+        inputs={name: listing.objects for name, listing in inputs.items()},
+        done={o.key[len(DONE) :] for o in done.objects},
+        failed={o.key[len(FAILED) :] for o in failed.objects} if failed is not None else set(),
+        claims=parse_claims(claims.objects),
+        requests=sum(listing.requests for listing in listings),
+    )
+
+
+def parse_claims(objects: Iterable[ObjectInfo]) -> dict[str, JobClaims]:
+    """Job id -> its attempts, from a listing of _dropgpu/claims/ (foreign keys skipped)."""
     claims: dict[str, JobClaims] = defaultdict(JobClaims)
-    for obj in claims_listing.objects:
+    for obj in objects:
         parsed = parse_claim_key(obj.key)
         if parsed is None:
             continue
@@ -84,16 +119,7 @@ async def take_snapshot(bucket: Bucket, config: Config, *, with_failed: bool = F
             state.failure_key = obj.key
         else:
             state.released = True
-    failed = {o.key[len(FAILED) :] for o in listings[-2].objects} if with_failed else set()
-    return Snapshot(
-        # The oldest server clock reading is the safe one for "is it stale yet".
-        server_time=min(listing.server_time for listing in listings),
-        inputs={r.name: listing.objects for r, listing in zip(routes, route_listings, strict=True)},
-        done={o.key[len(DONE) :] for o in done_listing.objects},
-        failed=failed,
-        claims=dict(claims),
-        requests=sum(listing.requests for listing in listings),
-    )
+    return dict(claims)
 
 
 # -- classification -------------------------------------------------------------------

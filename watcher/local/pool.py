@@ -16,8 +16,9 @@ import signal
 import tempfile
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
+from multiprocessing.queues import Queue
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import structlog
 from structlog.typing import FilteringBoundLogger
@@ -57,7 +58,13 @@ def default_scratch_root() -> Path:
     return Path(tempfile.gettempdir()) / "dropgpu-scratch"
 
 
-def _worker_main(index: int, options: WorkerOptions, tasks: Any, results: Any) -> None:
+# A worker's inbox (job spec dicts, or _STOP) and the pool's shared outbox:
+# ("ready", index, None, None) once started, ("done", index, job id, outcome) per job.
+Tasks: TypeAlias = "Queue[Any]"
+Results: TypeAlias = "Queue[tuple[str, int, str | None, JobOutcome | None]]"
+
+
+def _worker_main(index: int, options: WorkerOptions, tasks: Tasks, results: Results) -> None:
     # The watcher decides what Ctrl-C means; a worker must not die of the
     # terminal's SIGINT in the middle of an upload.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -67,7 +74,7 @@ def _worker_main(index: int, options: WorkerOptions, tasks: Any, results: Any) -
     asyncio.run(_worker_loop(index, options, tasks, results))
 
 
-async def _worker_loop(index: int, options: WorkerOptions, tasks: Any, results: Any) -> None:
+async def _worker_loop(index: int, options: WorkerOptions, tasks: Tasks, results: Results) -> None:
     from gpu.device import select_device
     from handlers.jobs.runner import JobRunner
     from handlers.jobs.webhooks import drain_notifications
@@ -101,7 +108,7 @@ async def _worker_loop(index: int, options: WorkerOptions, tasks: Any, results: 
 class _Worker:
     index: int
     process: BaseProcess
-    tasks: Any
+    tasks: Tasks
     job: JobSpec | None = None
     ready: bool = False
 
