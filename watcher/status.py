@@ -1,4 +1,8 @@
-"""`dropgpu status` and `dropgpu retry`: read and reset job state from LISTs."""
+"""`dropgpu status` and `dropgpu retry`: job state from LISTs, and resetting one job.
+
+Status only reads (watcher/state.py's snapshot). Retry checks here that the job
+is finished; the reset itself is the claim protocol's (handlers/jobs/claims.py).
+"""
 
 from __future__ import annotations
 
