@@ -56,7 +56,8 @@ class StopSignal:
 async def _release(bucket: Bucket, jobs: list[JobSpec]) -> int:
     released = 0
     for spec in jobs:
-        released += await release_claim(bucket, spec.ref, spec.attempt)
+        if await release_claim(bucket, spec.ref, spec.attempt):
+            released += 1
     return released
 
 
@@ -131,7 +132,7 @@ async def _watch(
         if stop.force.is_set():
             unfinished = pool.stop(kill=True)
             summary.released = await _release(bucket, unfinished)
-            log.warning("stopped_now_released_running_jobs", released=summary.released)
+            log.warning("stopped_now_jobs_released", released=summary.released)
             return summary
         if stop.graceful.is_set():
             if not pool.busy():
@@ -152,7 +153,7 @@ async def _watch(
                 raise
             except BucketError as exc:
                 storage_failures += 1
-                log.warning("tick_failed_retrying", error=str(exc), failures=storage_failures)
+                log.warning("tick_failed", error=str(exc), failures=storage_failures)
                 if once and storage_failures >= 5:
                     raise
                 next_tick = now + min(interval * storage_failures, 300)
