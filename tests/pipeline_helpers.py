@@ -13,7 +13,8 @@ from typing import Any
 
 from gpu.device import DeviceInfo
 from handlers.contract.manifest import validate_manifest
-from handlers.jobs.runner import JobOutcome, JobRunner
+from handlers.jobs.outcome import JobOutcome
+from handlers.jobs.runner import JobRunner
 from handlers.jobs.spec import JobSpec
 from infra.storage.bucket import Bucket
 from watcher.config import Config, build_config

@@ -289,7 +289,7 @@ def run_corpus(spec: BucketSpec, corpus: Path, tmp_path: Path, cases: list[Case]
     assert second.returncode == 0, second.stderr[-4000:]
     assert "Traceback" not in second.stderr
     assert "dropgpu: nothing to do" in second.stderr, second.stderr[-4000:]
-    assert "claim failed" not in second.stderr, second.stderr[-4000:]
+    assert "claim_failed" not in second.stderr, second.stderr[-4000:]
 
     async def internal_keys() -> set[str]:
         async with spec.open() as bucket:

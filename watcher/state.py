@@ -3,16 +3,21 @@
 One snapshot = one paginated LIST per route prefix (in parallel), one of
 _dropgpu/done/ and one of _dropgpu/claims/. No per-object HEAD or GET: every
 fact the tick needs is in key names and LastModified.
+
+This is the one reader of the claim protocol (its writer: handlers/jobs/claims.py).
+``take_snapshot`` does the listing; ``build_snapshot`` and ``classify`` are pure.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 
-from handlers.contract.keys import CLAIMS, DONE, FAILED, JobRef, parse_claim_key
+from handlers.contract.keys import CLAIMS, DONE, FAILED, ClaimKind, JobRef, parse_claim_key
 from infra.storage.bucket import Bucket, Listing, ObjectInfo
 from watcher.config import Config, RouteConfig
 from watcher.ignore import ignore_reason
@@ -67,49 +72,75 @@ async def take_snapshot(bucket: Bucket, config: Config, *, with_failed: bool = F
     claims_listing = await bucket.list(CLAIMS)
     prefixes = [r.prefix for r in routes] + [DONE] + ([FAILED] if with_failed else [])
     listings: list[Listing] = await asyncio.gather(*(bucket.list(p) for p in prefixes))
-    route_listings = listings[: len(routes)]
-    done_listing = listings[len(routes)]
-    listings.append(claims_listing)
-    claims: dict[str, JobClaims] = defaultdict(JobClaims)
-    for obj in claims_listing.objects:
-        parsed = parse_claim_key(obj.key)
-        if parsed is None:
-            continue
-        state = claims[parsed.job_id].attempt(parsed.attempt)
-        if parsed.kind == "claim":
-            state.claim = obj
-        elif parsed.kind == "failed":
-            state.failed_retry_at_ms = parsed.retry_at_ms
-            state.failure_key = obj.key
-        else:
-            state.released = True
-    failed = {o.key[len(FAILED) :] for o in listings[-2].objects} if with_failed else set()
+    return build_snapshot(
+        {r.name: listing for r, listing in zip(routes, listings[: len(routes)], strict=True)},
+        done=listings[len(routes)],
+        claims=claims_listing,
+        failed=listings[len(routes) + 1] if with_failed else None,
+    )
+
+
+def build_snapshot(
+    inputs: Mapping[str, Listing],
+    *,
+    done: Listing,
+    claims: Listing,
+    failed: Listing | None = None,
+) -> Snapshot:
+    """The snapshot these listings describe: route name -> its input listing, and the
+    listings of _dropgpu/done/, _dropgpu/claims/ and (for status) _dropgpu/failed/.
+
+    Pure: no I/O, so every state can be built from ObjectInfo lists in a test.
+    """
+    listings = [*inputs.values(), done, claims, *([failed] if failed is not None else [])]
     return Snapshot(
         # The oldest server clock reading is the safe one for "is it stale yet".
         server_time=min(listing.server_time for listing in listings),
-        inputs={r.name: listing.objects for r, listing in zip(routes, route_listings, strict=True)},
-        done={o.key[len(DONE) :] for o in done_listing.objects},
-        failed=failed,
-        claims=dict(claims),
+        inputs={name: listing.objects for name, listing in inputs.items()},
+        done={o.key[len(DONE) :] for o in done.objects},
+        failed={o.key[len(FAILED) :] for o in failed.objects} if failed is not None else set(),
+        claims=parse_claims(claims.objects),
         requests=sum(listing.requests for listing in listings),
     )
 
 
+def parse_claims(objects: Iterable[ObjectInfo]) -> dict[str, JobClaims]:
+    """Job id -> its attempts, from a listing of _dropgpu/claims/ (foreign keys skipped)."""
+    claims: dict[str, JobClaims] = defaultdict(JobClaims)
+    for obj in objects:
+        parsed = parse_claim_key(obj.key)
+        if parsed is None:
+            continue
+        state = claims[parsed.job_id].attempt(parsed.attempt)
+        if parsed.kind == ClaimKind.CLAIM:
+            state.claim = obj
+        elif parsed.kind == ClaimKind.FAILED:
+            state.failed_retry_at_ms = parsed.retry_at_ms
+            state.failure_key = obj.key
+        else:
+            state.released = True
+    return dict(claims)
+
+
 # -- classification -------------------------------------------------------------------
 
-IGNORED = "ignored"
-DONE_STATE = "done"
-REPAIR = "repair"
-SETTLING = "settling"
-RUNNING = "running"
-RETRY_WAIT = "retry_wait"
-CLAIMABLE = "claimable"
-GIVE_UP = "give_up"
+
+class DecisionState(StrEnum):
+    """What the tick should do about one listed input (the values name status counts)."""
+
+    IGNORED = "ignored"  # never a job: folder markers, OS litter, sync temporaries (ignore.py)
+    DONE = "done"  # committed (a done marker exists)
+    REPAIR = "repair"  # committed, but the committer died before cleaning up its claims
+    SETTLING = "settling"  # too new: the upload may still be changing
+    RUNNING = "running"  # the newest claim is live (heartbeat younger than the lease TTL)
+    RETRY_WAIT = "retry_wait"  # the newest attempt failed; its retry time is not reached yet
+    CLAIMABLE = "claimable"  # new, retry due, released, or its owner stopped heartbeating
+    GIVE_UP = "give_up"  # like claimable, but every attempt is used up: commit "gave_up"
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    state: str
+    state: DecisionState
     ref: JobRef | None = None
     obj: ObjectInfo | None = None
     next_attempt: int = 0
@@ -128,32 +159,38 @@ def classify(
     rel = obj.key[len(route.prefix) :]
     why = ignore_reason(rel)
     if why:
-        return Decision(IGNORED, obj=obj, detail=why)
+        return Decision(DecisionState.IGNORED, obj=obj, detail=why)
     ref = JobRef(route.name, rel, obj.etag)
     job_claims = snapshot.claims.get(ref.job_id)
     if ref.job_id in snapshot.done:
         live = job_claims.claim_objects() if job_claims else []
         if live and all(_age_s(snapshot, c) > lease_ttl_seconds for c in live):
-            return Decision(REPAIR, ref, obj, claims=job_claims)
-        return Decision(DONE_STATE, ref, obj)
+            return Decision(DecisionState.REPAIR, ref, obj, claims=job_claims)
+        return Decision(DecisionState.DONE, ref, obj)
     age = _age_s(snapshot, obj)
     if age < route.settle_seconds:
-        return Decision(SETTLING, ref, obj, wait_s=route.settle_seconds - age)
+        return Decision(DecisionState.SETTLING, ref, obj, wait_s=route.settle_seconds - age)
     newest = job_claims.newest if job_claims else None
     if newest is None:
-        return Decision(CLAIMABLE, ref, obj, next_attempt=1, claims=job_claims)
+        return Decision(DecisionState.CLAIMABLE, ref, obj, next_attempt=1, claims=job_claims)
     used = job_claims.attempts_used if job_claims else 0
     next_attempt = newest.number + 1
     if newest.released:
-        return Decision(CLAIMABLE, ref, obj, next_attempt=next_attempt, claims=job_claims)
+        return Decision(
+            DecisionState.CLAIMABLE, ref, obj, next_attempt=next_attempt, claims=job_claims
+        )
     if newest.failed_retry_at_ms is not None:
         now_ms = snapshot.server_time.timestamp() * 1000
         if now_ms < newest.failed_retry_at_ms:
             wait = (newest.failed_retry_at_ms - now_ms) / 1000
-            return Decision(RETRY_WAIT, ref, obj, next_attempt, wait_s=wait, claims=job_claims)
+            return Decision(
+                DecisionState.RETRY_WAIT, ref, obj, next_attempt, wait_s=wait, claims=job_claims
+            )
     elif newest.claim is not None and _age_s(snapshot, newest.claim) <= lease_ttl_seconds:
-        return Decision(RUNNING, ref, obj, claims=job_claims)
+        return Decision(DecisionState.RUNNING, ref, obj, claims=job_claims)
     # The newest attempt failed (retry time reached) or its owner stopped heartbeating.
     if used >= route.max_attempts:
-        return Decision(GIVE_UP, ref, obj, next_attempt=newest.number, claims=job_claims)
-    return Decision(CLAIMABLE, ref, obj, next_attempt=next_attempt, claims=job_claims)
+        return Decision(
+            DecisionState.GIVE_UP, ref, obj, next_attempt=newest.number, claims=job_claims
+        )
+    return Decision(DecisionState.CLAIMABLE, ref, obj, next_attempt=next_attempt, claims=job_claims)

@@ -1,4 +1,8 @@
-"""`dropgpu status` and `dropgpu retry`: read and reset job state from LISTs."""
+"""`dropgpu status` and `dropgpu retry`: job state from LISTs, and resetting one job.
+
+Status only reads (watcher/state.py's snapshot). Retry checks here that the job
+is finished; the reset itself is the claim protocol's (handlers/jobs/claims.py).
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.contract.keys import DONE, JobRef, split_input_key
+from handlers.jobs.claims import reset_job
 from infra.storage.bucket import Bucket
 from infra.storage.errors import BucketError
 from watcher.config import Config
-from watcher.state import (
-    CLAIMABLE,
-    DONE_STATE,
-    GIVE_UP,
-    IGNORED,
-    REPAIR,
-    RETRY_WAIT,
-    RUNNING,
-    SETTLING,
-    classify,
-    take_snapshot,
-)
+from watcher.state import DecisionState, classify, take_snapshot
 
 
 @dataclass(slots=True)
@@ -53,21 +47,25 @@ async def collect_status(
         st = out.setdefault(route.name, RouteStatus())
         for obj in snapshot.inputs.get(route.name, []):
             d = classify(snapshot, route, obj, lease_ttl_seconds=ttl)
-            if d.state == IGNORED:
+            if d.state == DecisionState.IGNORED:
                 st.ignored += 1
-            elif d.state in (DONE_STATE, REPAIR):
+            elif d.state in (DecisionState.DONE, DecisionState.REPAIR):
                 if d.ref and d.ref.job_id in snapshot.failed:
                     st.failed += 1
                 else:
                     st.succeeded += 1
-            elif d.state == RUNNING:
+            elif d.state == DecisionState.RUNNING:
                 st.running += 1
                 newest = d.claims.newest if d.claims else None
                 if newest and newest.claim:
                     running_claims.append((st, obj.key, newest.claim.key))
-            elif d.state == RETRY_WAIT:
+            elif d.state == DecisionState.RETRY_WAIT:
                 st.retrying += 1
-            elif d.state in (SETTLING, CLAIMABLE, GIVE_UP):
+            elif d.state in (
+                DecisionState.SETTLING,
+                DecisionState.CLAIMABLE,
+                DecisionState.GIVE_UP,
+            ):
                 st.pending += 1
     if progress and running_claims:
         # Progress lives in claim bodies: GETs only for running jobs, only here.
@@ -167,12 +165,7 @@ async def retry_key(bucket: Bucket, config: Config, key: str) -> RetryResult:
     if not any(o.key == ref.done_key for o in done.objects):
         return RetryResult(key, False, "not finished yet (pending, running or waiting to retry)")
     try:
-        claims = await bucket.list(ref.claims_prefix)
-        for o in claims.objects:
-            await bucket.delete(o.key)
-        await bucket.delete(ref.failed_index_key)
-        # The done marker goes last: until it is gone, no watcher starts the job.
-        await bucket.delete(ref.done_key)
+        await reset_job(bucket, ref)
     except BucketError as exc:
         return RetryResult(key, False, f"storage error: {exc}")
     return RetryResult(key, True, "will run again on the next tick; its manifest is replaced then")

@@ -14,29 +14,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from handlers.contract.keys import JobRef
 from handlers.contract.manifest import iso, utc_now
+from handlers.jobs.claims import create_claim
 from handlers.jobs.commit import commit, repair
-from handlers.jobs.lease import claim_body
-from handlers.jobs.runner import failed_manifest
+from handlers.jobs.manifests import failed_manifest
 from handlers.jobs.spec import JobSpec, RetryPolicy
 from handlers.jobs.webhooks import notify_in_background
 from infra.storage.bucket import Bucket, ObjectInfo
 from infra.storage.errors import BucketError
 from watcher.config import Config, RouteConfig
-from watcher.state import (
-    CLAIMABLE,
-    GIVE_UP,
-    REPAIR,
-    RETRY_WAIT,
-    SETTLING,
-    Decision,
-    classify,
-    take_snapshot,
-)
+from watcher.state import Decision, DecisionState, classify, take_snapshot
 
-log = structlog.get_logger(__name__)
+log: FilteringBoundLogger = structlog.get_logger(__name__)
 
 Dispatch = Callable[[JobSpec], Awaitable[None] | None]
 CLAIM_CONCURRENCY = 16
@@ -45,7 +37,7 @@ CLAIM_CONCURRENCY = 16
 @dataclass(slots=True)
 class TickReport:
     claimed: list[JobSpec] = field(default_factory=list)
-    states: Counter[str] = field(default_factory=Counter)
+    states: Counter[DecisionState] = field(default_factory=Counter)
     lost_races: int = 0
     gave_up: int = 0
     repaired: int = 0
@@ -100,15 +92,7 @@ async def _try_claim(
     assert d.ref is not None and d.obj is not None
     claimed_at = iso(utc_now()) or ""
     spec = make_job_spec(config, route, d.ref, d.obj, d.next_attempt, claimed_at)
-    body = claim_body(
-        phase="claimed",
-        progress=0.0,
-        job_id=d.ref.job_id,
-        input_key=d.ref.input_key,
-        attempt=d.next_attempt,
-        claimed_at=claimed_at,
-    )
-    if await bucket.create_if_absent(spec.claim_key, body):
+    if await create_claim(bucket, d.ref, d.next_attempt, claimed_at=claimed_at):
         return spec
     return None
 
@@ -139,6 +123,11 @@ async def _give_up(bucket: Bucket, config: Config, route: RouteConfig, d: Decisi
     return won
 
 
+def _job_context(ref: JobRef) -> dict[str, str]:
+    """The job's log context (the runner adds attempt and worker)."""
+    return {"route": ref.route, "key": ref.input_key, "etag": ref.etag, "job_id": ref.job_id}
+
+
 def _soonest(current: float | None, wait: float) -> float:
     wait = max(0.0, wait)
     return wait if current is None else min(current, wait)
@@ -158,29 +147,29 @@ async def run_tick(
         for obj in snapshot.inputs.get(route.name, []):
             d = classify(snapshot, route, obj, lease_ttl_seconds=ttl)
             report.states[d.state] += 1
-            if d.state == CLAIMABLE:
+            if d.state == DecisionState.CLAIMABLE:
                 claimable.append((route, d))
-            elif d.state in (GIVE_UP, REPAIR):
+            elif d.state in (DecisionState.GIVE_UP, DecisionState.REPAIR):
                 maintenance.append((route, d))
-            elif d.state == SETTLING:
+            elif d.state == DecisionState.SETTLING:
                 report.next_settle_s = _soonest(report.next_settle_s, d.wait_s)
-            elif d.state == RETRY_WAIT:
+            elif d.state == DecisionState.RETRY_WAIT:
                 report.next_retry_s = _soonest(report.next_retry_s, d.wait_s)
 
     for route, d in maintenance:
-        blog = log.bind(
-            route=route.name, key=d.obj.key if d.obj else None, etag=d.ref.etag if d.ref else None
-        )
-        try:
-            if d.state == REPAIR:
-                await repair(bucket, d.ref)  # type: ignore[arg-type]
-                report.repaired += 1
-                blog.warning("repaired an interrupted commit")
-            elif await _give_up(bucket, config, route, d):
-                report.gave_up += 1
-                blog.warning("gave up", attempts=d.next_attempt)
-        except BucketError as exc:
-            blog.warning("maintenance step failed; next tick retries", error=str(exc))
+        assert d.ref is not None
+        # The commit's (and a give-up webhook's) lines carry the job, as in the runner.
+        with structlog.contextvars.bound_contextvars(**_job_context(d.ref)):
+            try:
+                if d.state == DecisionState.REPAIR:
+                    await repair(bucket, d.ref)
+                    report.repaired += 1
+                    log.warning("commit_repaired")
+                elif await _give_up(bucket, config, route, d):
+                    report.gave_up += 1
+                    log.warning("gave_up", attempts=d.next_attempt)
+            except BucketError as exc:  # the next tick sees the same state and retries
+                log.warning("maintenance_failed", error=str(exc))
 
     # Oldest first: a burst of new drops does not starve earlier ones.
     claimable.sort(key=lambda rd: rd[1].obj.last_modified)  # type: ignore[union-attr]
@@ -198,23 +187,21 @@ async def run_tick(
         results = await asyncio.gather(
             *(_try_claim(bucket, config, r, d) for r, d in batch), return_exceptions=True
         )
-        for (route, d), res in zip(batch, results, strict=True):
-            if isinstance(res, BaseException):
-                log.warning("claim failed", route=route.name, key=d.obj.key, error=str(res))  # type: ignore[union-attr]
-            elif res is None:
-                report.lost_races += 1
-            else:
-                report.claimed.append(res)
-                log.info(
-                    "claimed",
-                    route=res.route,
-                    key=res.ref.input_key,
-                    etag=res.etag,
-                    attempt=res.attempt,
-                    job_id=res.ref.job_id,
-                )
-                maybe = dispatch(res)
-                if maybe is not None:
-                    await maybe
+        for (_route, d), res in zip(batch, results, strict=True):
+            assert d.ref is not None
+            # Dispatch runs in this context too: a failed spawn's release names the job.
+            with structlog.contextvars.bound_contextvars(
+                **_job_context(d.ref), attempt=d.next_attempt
+            ):
+                if isinstance(res, BaseException):
+                    log.warning("claim_failed", error=str(res))
+                elif res is None:
+                    report.lost_races += 1
+                else:
+                    report.claimed.append(res)
+                    log.info("claimed")
+                    maybe = dispatch(res)
+                    if maybe is not None:
+                        await maybe
     report.deferred = len(queue)
     return report

@@ -13,6 +13,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 
 INPUTS = "inputs/"
 OUTPUTS = "outputs/"
@@ -125,13 +126,21 @@ class JobRef:
         return f"{self.claims_prefix}attempt-{attempt}.released"
 
 
+class ClaimKind(StrEnum):
+    """What a key under ``_dropgpu/claims/<job id>/`` records about one attempt."""
+
+    CLAIM = "claim"  # attempt-n: the claim, rewritten by the lease's heartbeats
+    FAILED = "failed"  # attempt-n.failed-<retry at, ms>: a transient failure, retry then
+    RELEASED = "released"  # attempt-n.released: given back unfinished; does not use a try
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimKey:
     """A parsed key under _dropgpu/claims/."""
 
     job_id: str
     attempt: int
-    kind: str  # "claim" | "failed" | "released"
+    kind: ClaimKind
     retry_at_ms: int | None = None
 
 
@@ -144,10 +153,10 @@ def parse_claim_key(key: str) -> ClaimKey | None:
         return None
     attempt = int(m.group(1))
     if m.group(2):
-        return ClaimKey(job_id, attempt, "failed", int(m.group(3)))
+        return ClaimKey(job_id, attempt, ClaimKind.FAILED, int(m.group(3)))
     if m.group(4):
-        return ClaimKey(job_id, attempt, "released")
-    return ClaimKey(job_id, attempt, "claim")
+        return ClaimKey(job_id, attempt, ClaimKind.RELEASED)
+    return ClaimKey(job_id, attempt, ClaimKind.CLAIM)
 
 
 def split_input_key(key: str) -> tuple[str, str] | None:

@@ -1,7 +1,12 @@
 """Ending a job (DESIGN §5.3): fence, manifest, failed index, claim cleanup.
 
-Used by the job runner on success/failure and by the tick for give-ups and for
-repairing a commit that crashed between the fence and the manifest.
+The done marker (the fence) and the manifest are written here and nowhere else;
+the claims it cleans up are deleted through handlers/jobs/claims.py. Its log
+lines carry the job from the caller's structlog context (the runner's, the tick's).
+
+Used by the job runner on success/failure, by failures.py and the tick for
+give-ups, and by the tick for repairing a commit that crashed between the fence
+and the manifest.
 
 After the manifest, a completion-feed record (its format: handlers/contract/feed.py)
 is written. It never fails the job: when it cannot be written, the claims are left in place so
@@ -14,13 +19,15 @@ from __future__ import annotations
 import json
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from handlers.contract.feed import build_feed_record
 from handlers.contract.keys import JobRef
+from handlers.jobs.claims import delete_claims
 from handlers.jobs.retry import with_storage_retries
 from infra.storage.bucket import Bucket
 
-log = structlog.get_logger(__name__)
+log: FilteringBoundLogger = structlog.get_logger(__name__)
 
 
 async def current_etag(bucket: Bucket, key: str) -> str | None:
@@ -43,12 +50,8 @@ async def publish_manifest(
     """
     written = False
     if not ref.manifest_key_fits():
-        log.error(
-            "manifest key too long; result kept only in the done marker",
-            route=ref.route,
-            key=ref.input_key[:200],
-            done_key=ref.done_key,
-        )
+        # The result is kept only in the done marker.
+        log.error("manifest_key_too_long", done_key=ref.done_key)
     elif await current_etag(bucket, ref.input_key) in (ref.etag, None):
         await with_storage_retries(
             lambda: bucket.put_bytes(
@@ -57,16 +60,10 @@ async def publish_manifest(
         )
         written = True
     else:
-        log.info("input replaced by newer bytes; not overwriting its manifest", key=ref.input_key)
+        log.info("manifest_skipped_input_replaced")
     if failed:
         await with_storage_retries(lambda: bucket.put_bytes(ref.failed_index_key, b"{}"))
     return written
-
-
-async def delete_claims(bucket: Bucket, ref: JobRef) -> None:
-    listing = await with_storage_retries(lambda: bucket.list(ref.claims_prefix))
-    for obj in listing.objects:
-        await with_storage_retries(lambda key=obj.key: bucket.delete(key))
 
 
 async def write_feed_record(bucket: Bucket, ref: JobRef, *, failed: bool) -> str:
@@ -83,14 +80,10 @@ async def record_completion(bucket: Bucket, ref: JobRef, *, failed: bool) -> boo
     try:
         key = await write_feed_record(bucket, ref, failed=failed)
     except Exception as exc:  # after the fence nothing may fail the job
-        log.error(
-            "feed record not written; the claim is kept so the next tick's repair writes it",
-            route=ref.route,
-            key=ref.input_key,
-            error=str(exc),
-        )
+        # The claims stay, so the next tick's repair writes the record (and manifest) again.
+        log.error("feed_record_not_written", error=str(exc))
         return False
-    log.debug("feed record written", feed_key=key, route=ref.route)
+    log.debug("feed_record_written", feed_key=key)
     return True
 
 

@@ -1,5 +1,8 @@
 """The claim lease: the owner rewrites its attempt object as a heartbeat.
 
+The write itself is the claim protocol's (handlers/jobs/claims.py); this module
+decides when to beat and whether the lease still holds.
+
 Other watchers judge a claim stale from its LastModified (one LIST, no GET).
 The owner also fences itself: if it has not managed to heartbeat for most of
 the TTL, others may already consider it dead, so it must not upload or commit.
@@ -9,30 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
-import socket
 import time
 from typing import Any
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
-from handlers.contract.manifest import iso, utc_now
+from handlers.jobs.claims import write_heartbeat
 from infra.errors import DropgpuError
 from infra.storage.bucket import Bucket
 from infra.storage.errors import BucketError
 
-log = structlog.get_logger(__name__)
+log: FilteringBoundLogger = structlog.get_logger(__name__)
 
 
 class LeaseLost(DropgpuError):
     """Heartbeats failed for too long: another watcher may have taken the job over."""
-
-
-def claim_body(**fields: Any) -> bytes:
-    body = {"owner": f"{socket.gethostname()}:{os.getpid()}", "updated_at": iso(utc_now())}
-    body.update(fields)
-    return json.dumps(body, ensure_ascii=False).encode()
 
 
 class Lease:
@@ -72,19 +67,21 @@ class Lease:
             raise LeaseLost(f"no successful heartbeat for {time.monotonic() - self._last_ok:.0f} s")
 
     async def beat(self) -> None:
-        body = claim_body(phase=self._phase, progress=round(self._progress, 4), **self._info)
+        progress = round(self._progress, 4)
         sent = time.monotonic()
         try:
-            await self._bucket.put_bytes(self._key, body)
+            await write_heartbeat(
+                self._bucket, self._key, phase=self._phase, progress=progress, **self._info
+            )
         except BucketError as exc:
-            log.warning("heartbeat failed", claim=self._key, error=str(exc))
+            log.warning("heartbeat_failed", claim=self._key, error=str(exc))
             return
         # The previous beat landed no earlier than it was sent, this one no later
         # than now: the claim may have looked that old to other watchers.
         gap = time.monotonic() - self._last_ok
         if gap > self._ttl * 0.8 and self._gap is None:
             self._gap = gap
-            log.warning("heartbeat gap longer than the lease allows", claim=self._key, gap_s=gap)
+            log.warning("heartbeat_gap_exceeds_lease", claim=self._key, gap_s=gap)
         self._last_ok = sent
 
     async def _run(self) -> None:

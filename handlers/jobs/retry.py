@@ -1,4 +1,4 @@
-"""Retrying a storage call a few times on transient faults, with capped backoff.
+"""Retrying a storage call a few times on transient faults, with capped backoff (equal jitter).
 
 botocore already retries each request (adaptive mode); this covers the commit
 steps, where giving up half-way would leave work for the repair path.
@@ -17,7 +17,12 @@ T = TypeVar("T")
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Capped exponential backoff with equal jitter: never zero, never above cap."""
+    """Capped exponential backoff with equal jitter: never zero, never above cap.
+
+    The ceiling doubles per attempt up to ``cap``; the delay is half the ceiling
+    plus a uniform random part of up to the other half. Used for storage calls,
+    job retries (failures.py) and webhook attempts (webhooks.py).
+    """
     ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 

@@ -1,78 +1,65 @@
-"""The job runner (DESIGN §5): download, run the handler, upload, commit.
+"""The job runner (DESIGN §5): one attempt, from claim to commit.
 
-This is the only data-plane code that touches the bucket. Handlers are pure
+It orchestrates; the steps live beside it in handlers/jobs/: ``lease`` (the
+heartbeat), ``manifests`` (building manifest.json), ``commit`` (fence, manifest,
+feed record, claim cleanup), ``failures`` (retry or give up), ``webhooks``.
+Bucket I/O happens only in this package: here (the done check, the input's
+download, the outputs' upload), in ``claims`` (every claim-family key, heartbeats
+included), ``commit`` and ``webhooks`` (delivery records). Handlers are pure
 file-to-file functions called in a thread while the lease heartbeats.
+
+Every log line of a job carries its route, key, etag, attempt, worker and job id:
+``run`` binds them as structlog context variables, which ``asyncio.to_thread``
+(the handler) and ``create_task`` (the lease, the webhook) copy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import mimetypes
 import os
 import re
 import shutil
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import structlog
 from pydantic import ValidationError
+from structlog.typing import FilteringBoundLogger
 
 from gpu.device import DeviceInfo
 from handlers.contract.keys import unsafe_rel_reason
-from handlers.contract.manifest import (
-    ErrorInfo,
-    HandlerInfo,
-    InputInfo,
-    Manifest,
-    OutputInfo,
-    RuntimeInfo,
-    Timings,
-    iso,
-    utc_now,
-)
+from handlers.contract.manifest import ErrorKind, Manifest, OutputInfo, RuntimeInfo, utc_now
 from handlers.exceptions import HandlerConfigError, InputError
+from handlers.jobs.claims import drop_claim
 from handlers.jobs.commit import commit
+from handlers.jobs.failures import record_transient_failure
 from handlers.jobs.lease import Lease, LeaseLost
-from handlers.jobs.retry import backoff_delay, with_storage_retries
+from handlers.jobs.manifests import build_manifest, failed_manifest
+from handlers.jobs.outcome import JobOutcome, JobStatus
+from handlers.jobs.retry import with_storage_retries
 from handlers.jobs.spec import JobSpec
 from handlers.jobs.webhooks import notify_in_background
-from handlers.protocol import HandlerContext, HandlerResult, OutputFile
+from handlers.protocol import Handler, HandlerContext, HandlerParams, HandlerResult, OutputFile
 from handlers.registry import get_handler
 from infra.hashing import sha256_and_size
 from infra.storage.bucket import Bucket
 from infra.storage.errors import BucketError, ObjectNotFound, PreconditionFailed
-from infra.version import dropgpu_version
+from infra.text import one_line
 
-log = structlog.get_logger(__name__)
+log: FilteringBoundLogger = structlog.get_logger(__name__)
 
 _SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
 _OUTPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
 UPLOAD_CONCURRENCY = 4
 
 
-@dataclass(frozen=True, slots=True)
-class JobOutcome:
-    # succeeded | failed | retry | superseded | fenced | lease_lost
-    status: str
-    message: str = ""
-    manifest_key: str | None = None
-    handler_ran: bool = False
-
-
 class _Superseded(Exception):
     """The claimed version is gone or replaced: nothing to do for this job."""
-
-
-def _one_line(text: str, limit: int = 500) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class JobRunner:
@@ -99,13 +86,18 @@ class JobRunner:
 
     async def run(self, job: JobSpec) -> JobOutcome:
         ref = job.ref
-        blog = log.bind(
+        with structlog.contextvars.bound_contextvars(
             route=job.route,
             key=ref.input_key,
             etag=job.etag,
             attempt=job.attempt,
+            worker=self.worker_name,
             job_id=ref.job_id,
-        )
+        ):
+            return await self._run(job)
+
+    async def _run(self, job: JobSpec) -> JobOutcome:
+        ref = job.ref
         scratch = self.scratch_root / ref.job_hash / f"attempt-{job.attempt}"
         info = {"job_id": ref.job_id, "input_key": ref.input_key, "attempt": job.attempt}
         lease = Lease(
@@ -122,7 +114,7 @@ class JobRunner:
         try:
             async with lease:
                 scratch.mkdir(parents=True, exist_ok=True)
-                blog.info("job started", worker=self.worker_name, device=self.device.name)
+                log.info("job_started", device=self.device.name)
                 try:
                     params, handler = self._check_job(job)
                     await self._check_not_done(job)
@@ -147,8 +139,8 @@ class JobRunner:
                         outputs=outputs,
                     )
                 except (InputError, HandlerConfigError) as exc:
-                    kind = "input" if isinstance(exc, InputError) else "config"
-                    blog.warning("job failed", error_kind=kind, error=_one_line(str(exc)))
+                    kind: ErrorKind = "input" if isinstance(exc, InputError) else "config"
+                    log.warning("job_failed", error_kind=kind, error=one_line(str(exc)))
                     manifest = failed_manifest(
                         job,
                         kind,
@@ -161,44 +153,42 @@ class JobRunner:
                 lease.check()
                 # No heartbeat may land after the commit deletes the claim.
                 await lease.stop()
-                manifest = self._with_runtime_extra(manifest, time.monotonic() - t_start, blog)
-                return await self._commit(job, manifest, blog, handler_ran)
-        except _Superseded as exc:
-            blog.info("claimed version is gone; dropping the job", reason=str(exc))
-            await self._drop_claim(job)
-            return JobOutcome("superseded", str(exc), handler_ran=handler_ran)
+                manifest = self._with_runtime_extra(manifest, time.monotonic() - t_start)
+                return await self._commit(job, manifest, handler_ran)
+        except _Superseded as exc:  # nothing to do: drop the claim
+            log.info("job_superseded", reason=str(exc))
+            await drop_claim(self.bucket, job.claim_key)
+            return JobOutcome(JobStatus.SUPERSEDED, str(exc), handler_ran=handler_ran)
         except LeaseLost as exc:
             # Do not commit: another watcher may be running this job now.
-            blog.error("lease lost; abandoning attempt without committing", error=str(exc))
-            return JobOutcome("lease_lost", str(exc), handler_ran=handler_ran)
+            log.error("job_lease_lost", error=str(exc))
+            return JobOutcome(JobStatus.LEASE_LOST, str(exc), handler_ran=handler_ran)
         except Exception as exc:
-            message = _one_line(f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc))
+            message = one_line(f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc))
             if isinstance(exc, BucketError | OSError | MemoryError | TimeoutError):
-                blog.warning("job attempt failed (transient)", error=message)
+                log.warning("job_attempt_failed", error=message)
             else:
-                blog.exception("job attempt failed (unexpected error, treated as transient)")
-            return await self._transient_failure(
-                job, started_at, timings, message, blog, handler_ran
-            )
+                log.exception("job_attempt_crashed")  # unexpected; retried as transient
+            return await self._transient_failure(job, started_at, timings, message, handler_ran)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
             with contextlib.suppress(OSError):
                 scratch.parent.rmdir()  # only when no other attempt uses it
 
-    def _with_runtime_extra(self, manifest: Manifest, wall_s: float, blog: Any) -> Manifest:
+    def _with_runtime_extra(self, manifest: Manifest, wall_s: float) -> Manifest:
         if self.runtime_extra is None:
             return manifest
         try:
             extra = dict(self.runtime_extra(wall_s))
             runtime = RuntimeInfo(**{**manifest.runtime.model_dump(), **extra})
         except Exception as exc:  # cost is informative; it never fails a job
-            blog.warning("runtime_extra failed; manifest keeps the basic runtime", error=str(exc))
+            log.warning("runtime_extra_failed", error=str(exc))
             return manifest
         return manifest.model_copy(update={"runtime": runtime})
 
     # -- steps ---------------------------------------------------------------------
 
-    def _check_job(self, job: JobSpec):  # -> (HandlerParams, Handler)
+    def _check_job(self, job: JobSpec) -> tuple[HandlerParams, Handler]:
         reason = unsafe_rel_reason(job.rel)
         if reason:
             raise InputError(f"unsafe object key ({reason}); rename the file and drop it again")
@@ -254,8 +244,8 @@ class JobRunner:
     async def _process(
         self,
         job: JobSpec,
-        handler: Any,
-        params: Any,
+        handler: Handler,
+        params: HandlerParams,
         input_path: Path,
         scratch: Path,
         lease: Lease,
@@ -275,9 +265,8 @@ class JobRunner:
             deadline=time.monotonic() + job.timeout_seconds,
             progress=lease.update,
             cache=self.cache,
-            log=log.bind(
-                route=job.route, key=job.ref.input_key, etag=job.etag, attempt=job.attempt
-            ),
+            # The job's context variables ride along: to_thread copies them into the thread.
+            log=log,
         )
         t0 = time.monotonic()
         try:
@@ -324,24 +313,22 @@ class JobRunner:
         timings["upload_s"] = round(time.monotonic() - t0, 3)
         return list(infos)
 
-    async def _commit(
-        self, job: JobSpec, manifest: Manifest, blog: Any, handler_ran: bool
-    ) -> JobOutcome:
+    async def _commit(self, job: JobSpec, manifest: Manifest, handler_ran: bool) -> JobOutcome:
         failed = manifest.status == "failed"
         won = await commit(self.bucket, job.ref, manifest.to_json_bytes(), failed=failed)
-        if not won:
-            blog.warning("another attempt already committed this job; not writing a manifest")
-            return JobOutcome("fenced", handler_ran=handler_ran)
+        if not won:  # another attempt committed first: no manifest from this one
+            log.warning("job_fenced")
+            return JobOutcome(JobStatus.FENCED, handler_ran=handler_ran)
         # Webhook: started after the commit, in the background; it never fails the job.
         notify_in_background(self.bucket, job.ref, manifest.to_json_bytes(), job.notify_url)
-        blog.info(
-            "job committed",
+        log.info(
+            "job_committed",
             status=manifest.status,
             manifest=job.ref.manifest_key,
             process_s=manifest.timings.process_s,
         )
         message = manifest.error.message if manifest.error else ""
-        return JobOutcome(manifest.status, message, job.ref.manifest_key, handler_ran)
+        return JobOutcome(JobStatus(manifest.status), message, job.ref.manifest_key, handler_ran)
 
     async def _transient_failure(
         self,
@@ -349,7 +336,6 @@ class JobRunner:
         started_at: datetime,
         timings: dict[str, float | None],
         message: str,
-        blog: Any,
         handler_ran: bool,
     ) -> JobOutcome:
         outcome = await record_transient_failure(
@@ -360,151 +346,5 @@ class JobRunner:
             worker=self.worker_name,
             started_at=started_at,
             timings=timings,
-            blog=blog,
         )
         return JobOutcome(outcome.status, outcome.message, outcome.manifest_key, handler_ran)
-
-    async def _drop_claim(self, job: JobSpec) -> None:
-        try:
-            await self.bucket.delete(job.claim_key)
-        except BucketError as exc:
-            log.warning("could not delete claim", claim=job.claim_key, error=str(exc))
-
-
-# -- manifests -------------------------------------------------------------------------
-
-
-def build_manifest(
-    job: JobSpec,
-    status: str,
-    *,
-    device: DeviceInfo | None,
-    worker: str,
-    started_at: datetime | None,
-    timings: dict[str, float | None],
-    params: dict[str, Any],
-    handler: tuple[str, str],
-    result: HandlerResult | None = None,
-    outputs: list[OutputInfo] | None = None,
-    error: ErrorInfo | None = None,
-) -> Manifest:
-    media = dict(result.media) if result else {}
-    for reserved in ("key", "etag", "size", "content_type", "last_modified"):
-        media.pop(reserved, None)
-    runtime: dict[str, Any] = dict(result.runtime) if result else {}
-    return Manifest(
-        status=status,  # type: ignore[arg-type]
-        job_id=job.ref.job_id,
-        route=job.route,
-        handler=HandlerInfo(name=handler[0], version=handler[1]),
-        params=params,
-        input=InputInfo(
-            key=job.ref.input_key,
-            etag=job.etag,
-            size=job.size,
-            content_type=mimetypes.guess_type(job.rel)[0],
-            last_modified=job.last_modified,
-            **media,
-        ),
-        outputs=outputs or [],
-        result=dict(result.summary) if result else {},
-        error=error,
-        attempts=job.attempt,
-        timings=Timings(
-            claimed_at=job.claimed_at,
-            started_at=iso(started_at),
-            finished_at=iso(utc_now()) or "",
-            **timings,
-        ),
-        runtime=RuntimeInfo(
-            host=socket.gethostname(),
-            device=device.name if device else None,
-            gpu_name=device.gpu_name if device else None,
-            dropgpu_version=dropgpu_version(),
-            worker=worker,
-            **runtime,
-        ),
-    )
-
-
-def failed_manifest(
-    job: JobSpec,
-    kind: str,
-    message: str,
-    *,
-    device: DeviceInfo | None,
-    worker: str,
-    started_at: datetime | None = None,
-    timings: dict[str, float | None] | None = None,
-) -> Manifest:
-    try:
-        handler = get_handler(job.handler)
-        ident = (handler.name, handler.version)
-    except HandlerConfigError:
-        ident = (job.handler, "unknown")
-    return build_manifest(
-        job,
-        "failed",
-        device=device,
-        worker=worker,
-        started_at=started_at,
-        timings=timings or {},
-        params=job.params,
-        handler=ident,
-        error=ErrorInfo(kind=kind, message=_one_line(message, 1000)),  # type: ignore[arg-type]
-    )
-
-
-async def record_transient_failure(
-    bucket: Bucket,
-    job: JobSpec,
-    message: str,
-    *,
-    device: DeviceInfo | None,
-    worker: str,
-    started_at: datetime | None = None,
-    timings: dict[str, float | None] | None = None,
-    blog: Any = None,
-) -> JobOutcome:
-    """Schedule a retry with backoff, or commit "gave_up" after the last attempt."""
-    blog = blog or log.bind(route=job.route, key=job.ref.input_key, attempt=job.attempt)
-    policy = job.retry
-    try:
-        if job.attempt >= policy.max_attempts:
-            manifest = failed_manifest(
-                job,
-                "gave_up",
-                f"gave up after {job.attempt} attempts: {message}",
-                device=device,
-                worker=worker,
-                started_at=started_at,
-                timings=timings,
-            )
-            won = await commit(bucket, job.ref, manifest.to_json_bytes(), failed=True)
-            if won:  # webhook, as in JobRunner._commit
-                notify_in_background(bucket, job.ref, manifest.to_json_bytes(), job.notify_url)
-            blog.warning("gave up", attempts=job.attempt, committed=won)
-            return JobOutcome(
-                "failed" if won else "fenced",
-                manifest.error.message if manifest.error else "",
-                job.ref.manifest_key if won else None,
-            )
-        delay = backoff_delay(job.attempt, policy.backoff_base_seconds, policy.backoff_max_seconds)
-        retry_at_ms = int((time.time() + delay) * 1000)
-        body = json.dumps(
-            {
-                "kind": "transient",
-                "message": message,
-                "attempt": job.attempt,
-                "retry_at": iso(datetime.fromtimestamp(retry_at_ms / 1000, UTC)),
-            },
-            ensure_ascii=False,
-        ).encode()
-        await with_storage_retries(
-            lambda: bucket.create_if_absent(job.ref.failure_key(job.attempt, retry_at_ms), body)
-        )
-        blog.info("attempt will be retried", retry_in_s=round(delay, 1), error=message)
-        return JobOutcome("retry", message)
-    except Exception as exc:  # storage is down: the lease expiry retries the job
-        blog.error("could not record the failure; the lease expiry will retry", error=str(exc))
-        return JobOutcome("retry", message)

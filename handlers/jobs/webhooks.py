@@ -22,16 +22,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
 from pydantic import BaseModel, Field
+from structlog.typing import FilteringBoundLogger
 
 from handlers.contract.keys import JobRef, webhook_record_key
 from handlers.contract.manifest import iso, utc_now
@@ -42,11 +41,12 @@ from handlers.contract.signature import (
     SIGNATURE_HEADER,
     sign,
 )
-from handlers.jobs.retry import with_storage_retries
+from handlers.jobs.retry import backoff_delay, with_storage_retries
 from infra.storage.bucket import Bucket
+from infra.text import redact_url
 from infra.version import dropgpu_version
 
-log = structlog.get_logger(__name__)
+log: FilteringBoundLogger = structlog.get_logger(__name__)
 
 SECRET_ENV = "DROPGPU_WEBHOOK_SECRET"
 
@@ -56,7 +56,8 @@ Result = Literal["delivered", "rejected", "gave_up", "no_secret"]
 @dataclass(frozen=True, slots=True)
 class WebhookPolicy:
     max_attempts: int = 5
-    base_delay_s: float = 1.0  # 1, 2, 4, 8 s (with jitter) between attempts
+    # Ceilings of 1, 2, 4, 8 s between attempts, with equal jitter (half fixed, half random).
+    base_delay_s: float = 1.0
     max_delay_s: float = 8.0
     request_timeout_s: float = 10.0
     # No attempt starts after this, and none runs past it.
@@ -86,15 +87,6 @@ class DeliveryRecord(BaseModel):
     finished_at: str
 
 
-def shown_url(url: str) -> str:
-    """The URL without userinfo, query or fragment, for logs and records."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}"
-
-
 # -- delivery --------------------------------------------------------------------------
 
 
@@ -117,7 +109,7 @@ async def deliver(
     policy = policy or DEFAULT_POLICY
     delivery_id = uuid.uuid4().hex
     started = utc_now()
-    where = shown_url(url)
+    where = redact_url(url)
     attempts: list[Attempt] = []
 
     def record(result: Result, message: str) -> DeliveryRecord:
@@ -186,8 +178,7 @@ async def deliver(
             last = f"HTTP {status}" if status is not None else (error or "no response")
             if n == policy.max_attempts:
                 break
-            delay = min(policy.max_delay_s, policy.base_delay_s * 2 ** (n - 1))
-            delay = delay / 2 + random.uniform(0, delay / 2)
+            delay = backoff_delay(n, policy.base_delay_s, policy.max_delay_s)
             if retry_after is not None:
                 delay = max(delay, retry_after)
             if time.monotonic() + delay >= deadline:
@@ -211,23 +202,26 @@ async def notify(
     *,
     policy: WebhookPolicy | None = None,
 ) -> DeliveryRecord | None:
-    """Deliver and record. Logs, never raises: a webhook must not fail the job."""
-    blog = log.bind(route=ref.route, key=ref.input_key, url=shown_url(url))
+    """Deliver and record. Logs, never raises: a webhook must not fail the job.
+
+    Its lines carry the job through the caller's structlog context (the runner's
+    or the tick's), which ``notify_in_background``'s task copies.
+    """
+    where = redact_url(url)
     try:
         rec = await deliver(
             manifest_bytes, url, os.environ.get(SECRET_ENV), job_id=ref.job_id, policy=policy
         )
-        level = "info" if rec.result == "delivered" else "warning"
-        getattr(blog, level)(
-            "webhook " + rec.result, message=rec.message, attempts=len(rec.attempts)
-        )
+        level = log.info if rec.result == "delivered" else log.warning
+        # webhook_delivered | webhook_rejected | webhook_gave_up | webhook_no_secret
+        level(f"webhook_{rec.result}", url=where, message=rec.message, attempts=len(rec.attempts))
         try:
             await write_delivery_record(bucket, ref, rec)
         except Exception as exc:
-            blog.warning("webhook delivery record not written", error=str(exc))
+            log.warning("webhook_record_not_written", url=where, error=str(exc))
         return rec
     except Exception:
-        blog.exception("webhook delivery crashed")
+        log.exception("webhook_delivery_crashed", url=where)
         return None
 
 
@@ -269,5 +263,5 @@ async def drain_notifications(timeout: float | None = None) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     if late:
-        log.warning("webhook deliveries cancelled at shutdown", count=len(late))
+        log.warning("webhooks_cancelled_at_shutdown", count=len(late))
     return len(mine)

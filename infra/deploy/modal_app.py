@@ -26,10 +26,11 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import modal
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from infra.deploy.settings import IMAGES as IMAGE_RECIPES
 from infra.deploy.settings import (
@@ -47,7 +48,11 @@ from infra.deploy.settings import (
 from infra.pricing import gpu_runtime
 from watcher.config import Config, config_file, load_config
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:  # imported lazily below: importing this module stays light
+    from handlers.jobs.spec import JobSpec
+    from infra.storage.bucket import Bucket
+
+log: FilteringBoundLogger = structlog.get_logger(__name__)
 CONFIG_ENV = "DROPGPU_CONFIG"
 # spawn(class_name, job_spec_dict): start one job without waiting for it.
 Spawn = Callable[[str, dict[str, Any]], Any]
@@ -113,7 +118,7 @@ app = modal.App(SETTINGS.app_name, include_source=False)
 # -- the bucket, from the Secret's environment -------------------------------------------
 
 
-def open_bucket_from_env():  # -> Bucket
+def open_bucket_from_env() -> Bucket:
     from infra.storage.errors import BucketConfigError
     from infra.storage.url import open_bucket
 
@@ -129,7 +134,9 @@ def open_bucket_from_env():  # -> Bucket
 # -- the watcher ----------------------------------------------------------------------------
 
 
-async def route_capacity(bucket: Any, config: Config, settings: DeploySettings) -> dict[str, int]:
+async def route_capacity(
+    bucket: Bucket, config: Config, settings: DeploySettings
+) -> dict[str, int]:
     """Free worker slots per route: max_containers minus jobs with a live claim.
 
     A claim starts its lease when the watcher writes it; a spawn that waited in
@@ -138,7 +145,7 @@ async def route_capacity(bucket: Any, config: Config, settings: DeploySettings) 
     container can start now. Routes with nothing to claim, repair or give up get
     -1 (skipped). One LIST snapshot for all routes, no GETs.
     """
-    from watcher.state import CLAIMABLE, GIVE_UP, REPAIR, RUNNING, classify, take_snapshot
+    from watcher.state import DecisionState, classify, take_snapshot
 
     snapshot = await take_snapshot(bucket, config)
     ttl = config.watch.lease_ttl_seconds
@@ -148,31 +155,20 @@ async def route_capacity(bucket: Any, config: Config, settings: DeploySettings) 
             classify(snapshot, route, obj, lease_ttl_seconds=ttl).state
             for obj in snapshot.inputs.get(route.name, [])
         ]
-        if not any(s in (CLAIMABLE, GIVE_UP, REPAIR) for s in states):
+        actionable = (DecisionState.CLAIMABLE, DecisionState.GIVE_UP, DecisionState.REPAIR)
+        if not any(s in actionable for s in states):
             free[route.name] = -1
             continue
-        running = sum(1 for s in states if s == RUNNING)
+        running = sum(1 for s in states if s == DecisionState.RUNNING)
         free[route.name] = max(0, settings.workers[route.name].max_containers - running)
     return free
 
 
-async def _release(bucket: Any, spec: Any) -> None:
-    # A released attempt is retried by the next tick and does not count against max_attempts.
-    from handlers.contract.manifest import iso, utc_now
-    from handlers.jobs.lease import claim_body
-    from infra.storage.errors import BucketError
-
-    try:
-        body = claim_body(released_at=iso(utc_now()))
-        await bucket.create_if_absent(spec.ref.released_key(spec.attempt), body)
-    except BucketError as exc:
-        log.warning("could not release claim; it expires with its lease", error=str(exc))
-
-
 async def run_watcher_tick(
-    bucket: Any, config: Config, settings: DeploySettings, spawn: Spawn
+    bucket: Bucket, config: Config, settings: DeploySettings, spawn: Spawn
 ) -> dict[str, Any]:
     """Tick each route that has work, claiming at most its free capacity, and spawn."""
+    from handlers.jobs.claims import release_claim
     from watcher.tick import run_tick
 
     free = await route_capacity(bucket, config, settings)
@@ -184,25 +180,22 @@ async def run_watcher_tick(
             continue
         class_name = settings.workers[route.name].class_name
 
-        async def dispatch(spec: Any, class_name: str = class_name) -> None:
+        async def dispatch(spec: JobSpec, class_name: str = class_name) -> None:
             try:
                 # Modal's spawn blocks on an RPC: keep it off the event loop.
                 await asyncio.to_thread(spawn, class_name, spec.to_dict())
                 summary["spawned"] += 1
             except Exception as exc:
                 summary["spawn_failed"] += 1
-                log.error(
-                    "spawn failed; releasing the claim for the next tick",
-                    route=spec.route,
-                    key=spec.ref.input_key,
-                    error=str(exc),
-                )
-                await _release(bucket, spec)
+                # The tick's job context names the job. Released, the next tick
+                # retries it at once, and it uses up no attempt.
+                log.error("spawn_failed_releasing_claim", error=str(exc))
+                await release_claim(bucket, spec.ref, spec.attempt)
 
         only_route = config.model_copy(update={"routes": {route.name: route}})
         report = await run_tick(bucket, only_route, dispatch, capacity=capacity)
         summary["routes"][route.name] = {"capacity": capacity, **report.summary()}
-    log.info("modal tick", spawned=summary["spawned"], spawn_failed=summary["spawn_failed"])
+    log.info("modal_tick", spawned=summary["spawned"], spawn_failed=summary["spawn_failed"])
     return summary
 
 
@@ -265,7 +258,7 @@ class RouteWorker:
             if callable(warm_up):
                 warm_up(self.cache, self.device.name, route.validated_params())
         except Exception as exc:  # the job itself reports a missing model as a config error
-            log.warning("handler warm-up failed", route=self.route_name, error=str(exc))
+            log.warning("handler_warm_up_failed", route=self.route_name, error=str(exc))
 
     def runtime_extra(self, wall_seconds: float) -> dict[str, Any]:
         """Manifest runtime facts: executor, GPU type, GPU-seconds and estimated cost."""
@@ -286,7 +279,7 @@ class RouteWorker:
             raise ValueError(f"job of route {job.route!r} sent to {self.settings.class_name}")
         return asyncio.run(self._run(job))
 
-    async def _run(self, job: Any) -> dict[str, Any]:
+    async def _run(self, job: JobSpec) -> dict[str, Any]:
         from handlers.jobs.runner import JobRunner
         from handlers.jobs.webhooks import drain_notifications
 
@@ -304,7 +297,7 @@ class RouteWorker:
             # The webhook runs after the commit; the bucket must stay open until it ends.
             await drain_notifications(timeout=30)
         return {
-            "status": outcome.status,
+            "status": str(outcome.status),  # plain data across Modal's pickling
             "message": outcome.message,
             "manifest_key": outcome.manifest_key,
         }
@@ -352,5 +345,5 @@ def pull_models(names: str = "") -> list[str]:
         written += [str(p) for p in pull_model(name)]
     if not modal.is_local():
         MODEL_VOLUME.commit()  # make the files visible to containers that start later
-    log.info("models pulled", models=wanted, files=len(written))
+    log.info("models_pulled", models=wanted, files=len(written))
     return written

@@ -14,10 +14,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
-from handlers.contract.manifest import iso, utc_now
-from handlers.jobs.lease import claim_body
-from handlers.jobs.runner import JobOutcome, record_transient_failure
+from handlers.jobs.claims import release_claim
+from handlers.jobs.failures import record_transient_failure
+from handlers.jobs.outcome import JobOutcome, JobStatus
 from handlers.jobs.spec import JobSpec
 from handlers.jobs.webhooks import drain_notifications
 from infra.storage.bucket import Bucket
@@ -26,7 +27,7 @@ from watcher.config import Config
 from watcher.local.pool import LocalWorkerPool
 from watcher.tick import TickReport, run_tick
 
-log = structlog.get_logger(__name__)
+log: FilteringBoundLogger = structlog.get_logger(__name__)
 POLL_SECONDS = 0.2
 
 
@@ -55,20 +56,36 @@ class StopSignal:
 async def _release(bucket: Bucket, jobs: list[JobSpec]) -> int:
     released = 0
     for spec in jobs:
-        try:
-            body = claim_body(released_at=iso(utc_now()))  # unique per caller
-            await bucket.create_if_absent(spec.ref.released_key(spec.attempt), body)
+        if await release_claim(bucket, spec.ref, spec.attempt):
             released += 1
-        except BucketError as exc:
-            log.warning("could not release claim; it expires with its lease", error=str(exc))
     return released
+
+
+async def _worker_died(bucket: Bucket, spec: JobSpec, exitcode: int | None) -> JobOutcome:
+    """The job of a dead worker failed transiently: retry it (or give up), as the runner would."""
+    ref = spec.ref
+    with structlog.contextvars.bound_contextvars(
+        route=spec.route,
+        key=ref.input_key,
+        etag=spec.etag,
+        attempt=spec.attempt,
+        worker="watcher",
+        job_id=ref.job_id,
+    ):
+        return await record_transient_failure(
+            bucket,
+            spec,
+            f"worker process died (exit code {exitcode})",
+            device=None,
+            worker="watcher",
+        )
 
 
 def _record(summary: WatchSummary, spec: JobSpec, outcome: JobOutcome) -> None:
     summary.outcomes[outcome.status] += 1
-    if outcome.status == "succeeded" and outcome.manifest_key:
+    if outcome.status == JobStatus.SUCCEEDED and outcome.manifest_key:
         summary.succeeded_manifests.append(outcome.manifest_key)
-    elif outcome.status == "failed" and outcome.manifest_key:
+    elif outcome.status == JobStatus.FAILED and outcome.manifest_key:
         summary.failed_manifests.append(outcome.manifest_key)
 
 
@@ -108,20 +125,14 @@ async def _watch(
             _record(summary, spec, outcome)
         for spec, exitcode in events.died:
             if spec is not None:
-                outcome = await record_transient_failure(
-                    bucket,
-                    spec,
-                    f"worker process died (exit code {exitcode})",
-                    device=None,
-                    worker="watcher",
-                )
+                outcome = await _worker_died(bucket, spec, exitcode)
                 _record(summary, spec, outcome)
         freed = bool(events.finished or events.died)
 
         if stop.force.is_set():
             unfinished = pool.stop(kill=True)
             summary.released = await _release(bucket, unfinished)
-            log.warning("stopped now; released running jobs", released=summary.released)
+            log.warning("stopped_now_jobs_released", released=summary.released)
             return summary
         if stop.graceful.is_set():
             if not pool.busy():
@@ -142,7 +153,7 @@ async def _watch(
                 raise
             except BucketError as exc:
                 storage_failures += 1
-                log.warning("tick failed; retrying", error=str(exc), failures=storage_failures)
+                log.warning("tick_failed", error=str(exc), failures=storage_failures)
                 if once and storage_failures >= 5:
                     raise
                 next_tick = now + min(interval * storage_failures, 300)
@@ -162,7 +173,7 @@ async def _watch(
         ):
             wait = last.next_settle_s
             if wait is not None and wait <= max_settle + 1:
-                log.info("waiting for new files to settle", seconds=round(wait, 1))
+                log.info("waiting_for_files_to_settle", seconds=round(wait, 1))
                 await _sleep_or_stop(wait + 0.2, stop)
                 next_tick = 0.0
                 continue

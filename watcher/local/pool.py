@@ -16,15 +16,17 @@ import signal
 import tempfile
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
+from multiprocessing.queues import Queue
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
-from handlers.jobs.runner import JobOutcome
+from handlers.jobs.outcome import JobOutcome, JobStatus
 from handlers.jobs.spec import JobSpec
 
-log = structlog.get_logger(__name__)
+log: FilteringBoundLogger = structlog.get_logger(__name__)
 _STOP = "stop"
 
 
@@ -56,7 +58,13 @@ def default_scratch_root() -> Path:
     return Path(tempfile.gettempdir()) / "dropgpu-scratch"
 
 
-def _worker_main(index: int, options: WorkerOptions, tasks: Any, results: Any) -> None:
+# A worker's inbox (job spec dicts, or _STOP) and the pool's shared outbox:
+# ("ready", index, None, None) once started, ("done", index, job id, outcome) per job.
+Tasks: TypeAlias = "Queue[Any]"
+Results: TypeAlias = "Queue[tuple[str, int, str | None, JobOutcome | None]]"
+
+
+def _worker_main(index: int, options: WorkerOptions, tasks: Tasks, results: Results) -> None:
     # The watcher decides what Ctrl-C means; a worker must not die of the
     # terminal's SIGINT in the middle of an upload.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -66,7 +74,7 @@ def _worker_main(index: int, options: WorkerOptions, tasks: Any, results: Any) -
     asyncio.run(_worker_loop(index, options, tasks, results))
 
 
-async def _worker_loop(index: int, options: WorkerOptions, tasks: Any, results: Any) -> None:
+async def _worker_loop(index: int, options: WorkerOptions, tasks: Tasks, results: Results) -> None:
     from gpu.device import select_device
     from handlers.jobs.runner import JobRunner
     from handlers.jobs.webhooks import drain_notifications
@@ -74,7 +82,8 @@ async def _worker_loop(index: int, options: WorkerOptions, tasks: Any, results: 
 
     device = select_device(options.device)
     worker_name = f"{os.uname().nodename}:{os.getpid()}/w{index}"
-    wlog = log.bind(worker=worker_name, device=device.name)
+    # This process is this worker: every line it logs names it (the runner adds the job).
+    structlog.contextvars.bind_contextvars(worker=worker_name, device=device.name)
     async with open_bucket(options.bucket, endpoint_url=options.endpoint_url) as bucket:
         runner = JobRunner(
             bucket, scratch_root=Path(options.scratch_root), device=device, worker_name=worker_name
@@ -90,8 +99,8 @@ async def _worker_loop(index: int, options: WorkerOptions, tasks: Any, results: 
             try:
                 outcome = await runner.run(spec)
             except BaseException as exc:  # the runner catches errors; this is a last resort
-                wlog.exception("runner crashed")
-                outcome = JobOutcome("retry", f"runner crashed: {exc}")
+                log.exception("runner_crashed", job_id=spec.ref.job_id)
+                outcome = JobOutcome(JobStatus.RETRY, f"runner crashed: {exc}")
             results.put(("done", index, spec.ref.job_id, outcome))
 
 
@@ -99,7 +108,7 @@ async def _worker_loop(index: int, options: WorkerOptions, tasks: Any, results: 
 class _Worker:
     index: int
     process: BaseProcess
-    tasks: Any
+    tasks: Tasks
     job: JobSpec | None = None
     ready: bool = False
 
@@ -157,7 +166,7 @@ class LocalWorkerPool:
         # job, which then gets a transient failure and is retried.
         for w in self._workers:
             if w.job is None:
-                log.warning("submitting to a worker that is not ready", worker=w.index)
+                log.warning("submitted_to_worker_not_ready", worker=w.index)
                 w.job = spec
                 w.tasks.put(spec.to_dict())
                 return
@@ -180,7 +189,7 @@ class LocalWorkerPool:
         for i, w in enumerate(self._workers):
             if not w.process.is_alive():
                 log.error(
-                    "worker process died",
+                    "worker_died",
                     worker=w.index,
                     exitcode=w.process.exitcode,
                     job_id=w.job.ref.job_id if w.job else None,
