@@ -34,20 +34,20 @@ from pydantic import Field, model_validator
 
 from gpu.encoders import VideoEncoderChoice
 from handlers.media.checks import (
+    EvenPixels,
     MediaLimits,
     check_complete,
     coerce_params,
     display_size,
     fit_even,
-    require_audio,
-    require_video,
+    probe_input,
 )
-from handlers.media.encode import codec_kwargs, encode_video, media_input, prepare_video
-from handlers.media.ffmpeg_run import file_url, run_ffmpeg
+from handlers.media.encode import encode_video, prepare_video
+from handlers.media.extensions import VIDEO_EXTENSIONS
+from handlers.media.ffmpeg_run import file_url, media_input, option_kwargs, run_ffmpeg
 from handlers.media.probe import MediaInfo, VideoStream, probe
 from handlers.media.waveform import pcm_output, read_pcm
 from handlers.protocol import HandlerContext, HandlerParams, HandlerResult, OutputFile
-from handlers.proxy import VIDEO_EXTENSIONS
 
 HIGHLIGHTS_JSON = "highlights.json"
 REEL_NAME = "highlights.mp4"
@@ -56,6 +56,7 @@ MOTION_FPS = 4
 MOTION_SIZE = (64, 36)
 _SILENCE_DB = -90.0
 _SCENE_CUT = 40.0  # mean grey difference (0..255) that is a cut, not motion
+NEEDS_SOUND = "scores crowd noise and needs a video with sound (this file is silent)"
 
 
 class HighlightsParams(MediaLimits):
@@ -70,7 +71,7 @@ class HighlightsParams(MediaLimits):
     audio_weight: float = Field(0.6, ge=0, le=1, description="weight of loudness in the score")
     motion_weight: float = Field(0.4, ge=0, le=1, description="weight of motion in the score")
     max_segments: int = Field(50, ge=1, le=500, description="segments listed at most")
-    short_side: int = Field(1080, ge=144, le=4320, description="reel short side at most")
+    short_side: EvenPixels = Field(1080, ge=144, le=4320, description="reel short side at most")
     quality: int | None = Field(None, ge=0, le=51, description="CRF/CQ; None: encoder default")
     audio_bitrate: str = Field("160k", pattern=r"^[1-9][0-9]{1,2}k$", description="AAC bitrate")
 
@@ -80,8 +81,6 @@ class HighlightsParams(MediaLimits):
             raise ValueError("min_segment_s must not exceed max_segment_s")
         if self.audio_weight + self.motion_weight <= 0:
             raise ValueError("audio_weight + motion_weight must be above 0")
-        if self.short_side % 2:
-            raise ValueError("short_side must be an even number of pixels")
         return self
 
 
@@ -115,15 +114,9 @@ class HighlightsHandler:
     def run(self, ctx: HandlerContext) -> HandlerResult:
         params = coerce_params(ctx.params, HighlightsParams)
         log = ctx.log.bind(handler=self.name)
-        ctx.progress(0.0, "probe")
-        info = probe(ctx.input_path, deadline=ctx.deadline)
-        video = require_video(
-            info,
-            self.name,
-            max_input_pixels=params.max_input_pixels,
-            max_duration_s=params.max_duration_s,
-        )
-        require_audio(info, self.name)
+        probed = probe_input(ctx, self.name, params, needs="video", audio_reason=NEEDS_SOUND)
+        info, video = probed.info, probed.video
+        assert video is not None  # needs="video"
         duration = min(info.duration_s, params.max_duration_s) if info.duration_s else None
 
         pcm, gray = analyse(ctx, info, video, params, duration)
@@ -344,7 +337,7 @@ def build_reel_args(
         )
         parts += [v, a]
     joined = ffmpeg.concat(*parts, v=1, a=1).node
-    opts: dict[str, Any] = codec_kwargs(choice.codec_args(params.quality))
+    opts: dict[str, Any] = option_kwargs(choice.codec_args(params.quality))
     opts.update({"c:a": "aac", "b:a": params.audio_bitrate, "movflags": "+faststart", "sn": None})
     return ffmpeg.output(joined[0], joined[1], file_url(out_path), **opts).get_args()
 

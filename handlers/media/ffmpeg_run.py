@@ -28,9 +28,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
+import ffmpeg
 import structlog
+from ffmpeg.nodes import FilterableStream
 
 from gpu.ffmpeg_binary import ffmpeg_exe
 from handlers.exceptions import HandlerError, InputError, MediaToolError
@@ -89,16 +91,49 @@ def file_url(path: Path | str) -> str:
     return f"file:{Path(path).absolute()}"
 
 
+def input_options(format_whitelist: Sequence[str] | None = SAFE_DEMUXERS) -> dict[str, str]:
+    """The options every local input gets: the file protocol only, plain demuxers only.
+
+    ``format_whitelist`` names the demuxers allowed (None: no demuxer list, for an
+    input whose ``-f`` is forced); our own intermediate files name the one they need.
+    """
+    options = {"protocol_whitelist": "file"}
+    if format_whitelist:
+        options["format_whitelist"] = ",".join(format_whitelist)
+    return options
+
+
+def option_kwargs(args: Sequence[str]) -> dict[str, str]:
+    """``["-name", "value", ...]`` pairs as ffmpeg-python keyword options."""
+    return {args[i].lstrip("-"): args[i + 1] for i in range(0, len(args), 2)}
+
+
+def media_input(
+    path: Path | str,
+    *,
+    format_whitelist: Sequence[str] | None = SAFE_DEMUXERS,
+    hw_args: Sequence[str] = (),
+    **options: Any,
+) -> FilterableStream:
+    """An ffmpeg-python input for one local file, hardened as :func:`harden_args` expects.
+
+    ``hw_args`` are hardware-decoding input options as "-name value" pairs; other
+    ``options`` (``ss``, ``t``, ``f``, ...) go before ``-i`` as keyword options.
+    """
+    kwargs: dict[str, Any] = {**input_options(format_whitelist), **option_kwargs(hw_args)}
+    return ffmpeg.input(file_url(path), **kwargs, **options)
+
+
 def input_args(
     path: Path | str,
     *,
     format_whitelist: Sequence[str] | None = SAFE_DEMUXERS,
     options: Sequence[str] = (),
 ) -> list[str]:
-    """The options and ``-i`` for one local input file; ``options`` go before ``-i`` too."""
-    args = [*options, "-protocol_whitelist", "file"]
-    if format_whitelist:
-        args += ["-format_whitelist", ",".join(format_whitelist)]
+    """Raw argv form of :func:`media_input` for the probe; ``options`` go before ``-i``."""
+    args = list(options)
+    for name, value in input_options(format_whitelist).items():
+        args += [f"-{name}", value]
     return [*args, "-i", file_url(path)]
 
 
