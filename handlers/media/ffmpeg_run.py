@@ -1,12 +1,25 @@
-"""The one place dropgpu runs ffmpeg (DESIGN §8).
+"""The one place dropgpu runs ffmpeg (DESIGN §8), and where its commands get their inputs.
 
-Every handler builds an argument list and calls :func:`run_ffmpeg`, which:
+Commands are built with ffmpeg-python: every graph starts at :func:`media_input`,
+the one builder of a hardened input (a ``file:`` URL, ``-protocol_whitelist file``
+and a demuxer whitelist, see below), and ends in ``.get_args()``. Raw argv is
+kept only where ffmpeg-python cannot express the command:
+
+- the probe's ``ffmpeg -i file:...`` has no output at all (:func:`input_args` is
+  the raw form of the same hardened input);
+- a stem's encode (:func:`handlers.media.audio_io.encode_stem`) meters loudness
+  in a graph branch that ends in a sink filter (``ebur128,anullsink``), and
+  ffmpeg-python only compiles what feeds an output;
+- ``gpu.encoders``' capability probes sit below this toolkit and run the binary
+  themselves on lavfi generators and their own sample file, never on user input.
+
+Every command runs through :func:`run_ffmpeg`, which:
 
 - runs the binary from :func:`gpu.ffmpeg_binary.ffmpeg_exe` as an argv list (never
   a shell) with ``-nostdin -hide_banner -y``;
 - makes sure every real input is a ``file:`` URL opened under
   ``-protocol_whitelist file`` (a per-input option, so it goes before each ``-i``);
-  :func:`input_args` also restricts the demuxer to plain audio/video containers,
+  :func:`input_options` also restricts the demuxer to plain audio/video containers,
   because ffmpeg picks the demuxer from the *content*: a text file named
   ``clip.mp4`` that starts ``ffconcat version 1.0`` would otherwise be opened as a
   playlist of other local files;
@@ -233,7 +246,7 @@ class _ProgressReader:
 
 
 def run_ffmpeg(
-    args: list[str],
+    args: Sequence[str],
     *,
     deadline: float | None,
     timeout: float | None = None,

@@ -22,7 +22,7 @@ import numpy as np
 import structlog
 from pydantic import Field
 
-from handlers.media.ffmpeg_run import file_url, input_args, run_ffmpeg
+from handlers.media.ffmpeg_run import file_url, media_input, run_ffmpeg
 from handlers.protocol import HandlerParams, OutputFile
 
 log = structlog.get_logger(__name__)
@@ -140,11 +140,16 @@ def encode_png(rgb: np.ndarray, out_path: Path, work_dir: Path, deadline: float)
     raw = work_dir / f"{out_path.stem}.rgb"
     raw.write_bytes(np.ascontiguousarray(rgb).tobytes())
     try:
-        source = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-video_size", f"{width}x{height}"]
         # Our own raw pixels: the only demuxer needed is rawvideo.
-        args = input_args(raw, format_whitelist=("rawvideo",), options=source)
-        run_ffmpeg([*args, "-frames:v", "1", "-update", "1", "-c:v", "png", file_url(out_path)],
-                   deadline=deadline)  # fmt: skip
+        source = media_input(
+            raw,
+            format_whitelist=("rawvideo",),
+            f="rawvideo",
+            pix_fmt="rgb24",
+            video_size=(width, height),
+        )
+        png = source.output(file_url(out_path), **{"frames:v": 1, "update": 1, "c:v": "png"})
+        run_ffmpeg(png.get_args(), deadline=deadline)
     finally:
         raw.unlink(missing_ok=True)
 
