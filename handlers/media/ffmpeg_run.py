@@ -49,6 +49,7 @@ from ffmpeg.nodes import FilterableStream
 
 from gpu.ffmpeg_binary import ffmpeg_exe
 from handlers.exceptions import HandlerError, InputError, MediaToolError
+from infra.text import one_line
 
 log = structlog.get_logger(__name__)
 
@@ -446,13 +447,13 @@ def classify_failure(lines: Sequence[str]) -> FfmpegFailure:
     for pattern in _TOOL_PATTERNS:
         for ln, low in zip(cleaned, lowered, strict=True):
             if pattern in low:
-                return FfmpegFailure("tool", "ffmpeg failed", _one_line(ln), tail)
+                return FfmpegFailure("tool", "ffmpeg failed", _detail(ln), tail)
     for pattern, summary in _INPUT_PATTERNS:
         for ln, low in zip(cleaned, lowered, strict=True):
             if pattern in low:
-                return FfmpegFailure("input", summary, _one_line(ln), tail)
+                return FfmpegFailure("input", summary, _detail(ln), tail)
     detail = useful[-1] if useful else ""
-    return FfmpegFailure("tool", "ffmpeg failed", _one_line(detail), tail)
+    return FfmpegFailure("tool", "ffmpeg failed", _detail(detail), tail)
 
 
 def failure_error(returncode: int, lines: Sequence[str]) -> HandlerError:
@@ -466,9 +467,12 @@ def failure_error(returncode: int, lines: Sequence[str]) -> HandlerError:
     return MediaToolError(f"ffmpeg failed (exit {returncode}): {tail}")
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    # A scratch path tells the user nothing; keep the file name.
+def scrub(text: str) -> str:
+    """``text`` without what tells the user nothing: scratch paths (the file name stays)
+    and our own long demuxer whitelist."""
     text = re.sub(r"file:(/[^\s'\"]*/)([^/\s'\"]+)", r"\2", text)
-    text = re.sub(r"(not on whitelist) '[^']*'", r"\1", text)  # our own long list
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return re.sub(r"(not on whitelist) '[^']*'", r"\1", text)
+
+
+def _detail(line: str) -> str:
+    return one_line(scrub(line), 200)
