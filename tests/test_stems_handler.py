@@ -11,8 +11,9 @@ import pytest
 
 from handlers.exceptions import HandlerConfigError, InputError
 from handlers.media.probe import probe
-from handlers.protocol import HandlerContext, HandlerResult
+from handlers.protocol import HandlerResult
 from handlers.stems import StemsHandler, StemsParams
+from tests.handler_context import handler_context
 from tests.media import make_audio, make_empty, make_text_as_media, make_video
 from tests.models_for_tests import make_tiny_store
 
@@ -38,18 +39,7 @@ def run_handler(
     path: Path, tmp_path: Path, cache: dict | None = None, **params: Any
 ) -> HandlerResult:
     job = tmp_path / f"job-{time.monotonic_ns()}"
-    (job / "out").mkdir(parents=True)
-    (job / "work").mkdir()
-    ctx = HandlerContext(
-        input_path=path,
-        output_dir=job / "out",
-        work_dir=job / "work",
-        params=StemsParams(**params),
-        device="cpu",
-        deadline=time.monotonic() + 120,
-        cache=cache if cache is not None else {},
-    )
-    return StemsHandler().run(ctx)
+    return StemsHandler().run(handler_context(job, path, StemsParams(**params), cache=cache))
 
 
 def decode(path: Path) -> np.ndarray:
