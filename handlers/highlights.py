@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import ffmpeg
 import numpy as np
+from ffmpeg.nodes import FilterableStream
 from pydantic import Field, model_validator
 
 from gpu.encoders import VideoEncoderChoice
@@ -147,7 +148,6 @@ class HighlightsHandler:
                 deadline=ctx.deadline,
                 duration_s=sum(s.end - s.start for s in reel),
                 progress=lambda f: ctx.progress(0.5 + 0.5 * f, "encode"),
-                log_=log,
             )
             out = probe(reel_path, deadline=ctx.deadline)
             outputs.append(OutputFile(REEL_NAME, reel_path, "highlight-reel", "video/mp4"))
@@ -173,6 +173,7 @@ def analyse(
 ) -> tuple[Path, Path]:
     """Decode once: mono PCM and small grey frames for motion, into the scratch dir."""
     pcm, gray = ctx.work_dir / "audio.f32", ctx.work_dir / "motion.gray"
+    assert info.audio is not None  # the route requires sound
     src = media_input(ctx.input_path)
     v = src[str(video.index)].filter("setpts", "PTS-STARTPTS")
     v = (
@@ -182,7 +183,7 @@ def analyse(
     )
     limit = f"{params.max_duration_s:g}"
     outs = [
-        pcm_output(src[str(info.audio.index)], pcm, PCM_RATE, max_s=params.max_duration_s),  # type: ignore[union-attr]
+        pcm_output(src[str(info.audio.index)], pcm, PCM_RATE, max_s=params.max_duration_s),
         ffmpeg.output(v, file_url(gray), f="rawvideo", t=limit),
     ]
     run_ffmpeg(
@@ -318,7 +319,9 @@ def build_reel_args(
     size: tuple[int, int],
 ) -> list[str]:
     """ffmpeg arguments (no binary): each segment is its own seeked input, then concat."""
-    parts: list[Any] = []
+    assert info.audio is not None  # the route requires sound
+    audio_index = str(info.audio.index)
+    parts: list[FilterableStream] = []
     for seg in reel:
         src = media_input(
             input_path,
@@ -328,13 +331,7 @@ def build_reel_args(
         )
         v = prepare_video(src[str(video.index)], video)
         v = v.filter("scale", size[0], size[1]).filter("setsar", 1).filter("format", "yuv420p")
-        a = (
-            src[str(info.audio.index)]
-            .filter("aresample", 48000)
-            .filter(  # type: ignore[union-attr]
-                "aformat", channel_layouts="stereo"
-            )
-        )
+        a = src[audio_index].filter("aresample", 48000).filter("aformat", channel_layouts="stereo")
         parts += [v, a]
     joined = ffmpeg.concat(*parts, v=1, a=1).node
     opts: dict[str, Any] = option_kwargs(choice.codec_args(params.quality))

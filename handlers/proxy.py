@@ -96,7 +96,6 @@ class ProxyHandler:
                 deadline=ctx.deadline,
                 duration_s=duration,
                 progress=lambda f: ctx.progress(0.95 * f, "encode"),
-                log_=log,
             )
             out = probe(proxy_path, deadline=ctx.deadline)
             try:

@@ -13,6 +13,7 @@ mix and stems on the host); see docs/stems.md for the design and memory bounds.
 
 from __future__ import annotations
 
+import contextvars
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -261,7 +262,10 @@ def encode_all(
         )
 
     with ThreadPoolExecutor(max_workers=len(raw), thread_name_prefix="encode") as pool:
-        return list(pool.map(one, raw))
+        # Each encode runs in a copy of the job's context: its ffmpeg log lines carry
+        # the route, key and attempt the runner bound (pool threads start without them).
+        jobs = [pool.submit(contextvars.copy_context().run, one, name) for name in raw]
+        return [job.result() for job in jobs]
 
 
 def outputs_of(encoded: list[EncodedStem], params: StemsParams) -> list[OutputFile]:

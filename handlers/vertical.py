@@ -144,7 +144,6 @@ class VerticalHandler:
             deadline=ctx.deadline,
             duration_s=duration,
             progress=lambda fraction: ctx.progress(fraction, "encode"),
-            log_=log,
         )
         runtime.update(hdr, encode_s=round(time.monotonic() - started, 3))
         try:

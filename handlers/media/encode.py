@@ -78,7 +78,6 @@ def encode_video(
     deadline: float,
     duration_s: float | None,
     progress: Callable[[float], None],
-    log_: Any = log,
 ) -> dict[str, Any]:
     """Run ``build(choice)`` through run_ffmpeg; return the facts for ``result.runtime``.
 
@@ -101,7 +100,7 @@ def encode_video(
         except MediaToolError as exc:
             if choice.codec == LIBX264 and choice.hwaccel is None:
                 raise
-            log_.warning("hw_encode_failed_retrying_cpu", error=str(exc), codec=choice.codec)
+            log.warning("hw_encode_failed_retrying_cpu", error=str(exc), codec=choice.codec)
             fallback = VideoEncoderChoice(
                 codec=LIBX264,
                 hwaccel=None,

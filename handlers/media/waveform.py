@@ -20,6 +20,7 @@ from typing import Any, Literal
 import ffmpeg
 import numpy as np
 import structlog
+from ffmpeg.nodes import FilterableStream, OutputStream
 from pydantic import Field
 
 from handlers.media.ffmpeg_run import file_url, media_input, run_ffmpeg
@@ -59,7 +60,9 @@ class PcmFormat:
         return cls(sample_rate=pps * spp, samples_per_point=spp)
 
 
-def pcm_output(audio: Any, path: Path, sample_rate: int, *, max_s: float | None = None) -> Any:
+def pcm_output(
+    audio: FilterableStream, path: Path, sample_rate: int, *, max_s: float | None = None
+) -> OutputStream:
     """An ffmpeg-python output writing ``audio`` as mono float32 PCM to ``path``."""
     opts: dict[str, Any] = {"f": "f32le", "acodec": "pcm_f32le", "ac": 1, "ar": sample_rate}
     if max_s is not None:
