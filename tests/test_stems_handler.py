@@ -54,6 +54,23 @@ def decode(path: Path) -> np.ndarray:
     return np.fromfile(raw, np.float32).reshape(-1, 2)
 
 
+def test_mono_decodes_to_the_same_signal_on_both_sides(media: Path, tmp_path: Path) -> None:
+    from handlers.media.audio_io import decode_to_f32
+
+    src = make_audio(media / "mono-tone.wav", 0.5, channels=1)
+    mono, stereo = tmp_path / "mono.f32", tmp_path / "stereo.f32"
+    for dest, channels in ((mono, 1), (stereo, 2)):
+        decode_to_f32(
+            src, dest, stream_index=0, sample_rate=44100, channels=channels, source_channels=1,
+            max_duration_s=60, deadline=None,
+        )  # fmt: skip
+    signal = np.fromfile(mono, np.float32)
+    both = np.fromfile(stereo, np.float32).reshape(-1, 2)
+    assert len(signal) == 22050 and np.abs(signal).max() > 0.1
+    # As demucs upmixes: the same samples on each side, not ffmpeg's -3 dB default.
+    assert np.array_equal(both[:, 0], signal) and np.array_equal(both[:, 1], signal)
+
+
 def test_four_stems_flac_with_waveforms_and_metering(media: Path, tmp_path: Path) -> None:
     src = make_audio(media / "song.wav", 1.5, channels=2, source="noise")
     result = run_handler(src, tmp_path)
