@@ -43,7 +43,7 @@ from handlers.media.checks import (
     fit_even,
     probe_input,
 )
-from handlers.media.encode import encode_video, prepare_video
+from handlers.media.encode import AacBitrate, VideoQuality, encode_video, prepare_video
 from handlers.media.extensions import VIDEO_EXTENSIONS
 from handlers.media.ffmpeg_run import file_url, media_input, option_kwargs, run_ffmpeg
 from handlers.media.probe import MediaInfo, VideoStream, probe
@@ -73,8 +73,8 @@ class HighlightsParams(MediaLimits):
     motion_weight: float = Field(0.4, ge=0, le=1, description="weight of motion in the score")
     max_segments: int = Field(50, ge=1, le=500, description="segments listed at most")
     short_side: EvenPixels = Field(1080, ge=144, le=4320, description="reel short side at most")
-    quality: int | None = Field(None, ge=0, le=51, description="CRF/CQ; None: encoder default")
-    audio_bitrate: str = Field("160k", pattern=r"^[1-9][0-9]{1,2}k$", description="AAC bitrate")
+    quality: VideoQuality = None
+    audio_bitrate: AacBitrate = "160k"
 
     @model_validator(mode="after")
     def _consistent(self) -> HighlightsParams:

@@ -33,7 +33,13 @@ from handlers.media.checks import (
     fit_even,
     probe_input,
 )
-from handlers.media.encode import encode_video, prepare_video, video_summary
+from handlers.media.encode import (
+    AacBitrate,
+    VideoQuality,
+    encode_video,
+    prepare_video,
+    video_summary,
+)
 from handlers.media.extensions import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
 from handlers.media.ffmpeg_run import file_url, media_input, option_kwargs, run_ffmpeg
 from handlers.media.probe import MediaInfo, VideoStream, probe
@@ -50,10 +56,8 @@ class ProxyParams(MediaLimits):
         720, ge=144, le=2160, description="the proxy's short side at most (720 = 720p)"
     )
     max_fps: int = Field(60, ge=1, le=240, description="faster sources are reduced to this")
-    quality: int | None = Field(
-        None, ge=0, le=51, description="CRF (libx264) or CQ (NVENC); None: encoder default"
-    )
-    audio_bitrate: str = Field("128k", pattern=r"^[1-9][0-9]{1,2}k$", description="AAC bitrate")
+    quality: VideoQuality = None
+    audio_bitrate: AacBitrate = "128k"
     poster_candidates: int = Field(
         30, ge=1, le=200, description="frames sampled across the video to pick the poster from"
     )

@@ -41,6 +41,8 @@ from handlers.media.checks import (
     probe_input,
 )
 from handlers.media.encode import (
+    AacBitrate,
+    VideoQuality,
     can_tonemap,
     encode_video,
     font_file,
@@ -90,10 +92,8 @@ class VerticalParams(HandlerParams):
         0.2, gt=0, le=1, description="watermark width as a fraction of the output width"
     )
     watermark_opacity: float = Field(1.0, ge=0, le=1)
-    quality: int | None = Field(
-        None, ge=0, le=51, description="CRF (libx264) or CQ (NVENC); None: encoder default"
-    )
-    audio_bitrate: str = Field("128k", pattern=r"^[1-9][0-9]{1,2}k$", description="AAC bitrate")
+    quality: VideoQuality = None
+    audio_bitrate: AacBitrate = "128k"
     # MediaLimits' caps, declared here so they stay last in the manifest's params.
     max_duration_s: MaxDurationS = DEFAULT_MAX_DURATION_S
     max_input_pixels: MaxInputPixels = DEFAULT_MAX_INPUT_PIXELS

@@ -3,6 +3,7 @@
 Every graph starts at :func:`handlers.media.ffmpeg_run.media_input` (the hardened
 input); this module adds what the video routes share:
 
+- :data:`VideoQuality`, :data:`AacBitrate`: the encode params the video routes share.
 - :func:`prepare_video`: deinterlace, square pixels and HDR tone-mapping, so each
   route sees the picture viewers see.
 - :func:`encode_video`: run an H.264 encode with the probed encoder and fall back
@@ -18,10 +19,11 @@ import shutil
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
 from ffmpeg.nodes import FilterableStream
+from pydantic import Field
 
 from gpu.encoders import LIBX264, VideoEncoderChoice, choose_video_encoder, encoder_args
 from gpu.ffmpeg_binary import ffmpeg_filters, ffmpeg_version
@@ -30,6 +32,12 @@ from handlers.media.ffmpeg_run import FfmpegTimeoutError, run_ffmpeg
 from handlers.media.probe import MediaInfo, VideoStream
 
 log = structlog.get_logger(__name__)
+
+# The encode settings every video route offers, declared once.
+VideoQuality = Annotated[
+    int | None, Field(ge=0, le=51, description="CRF (libx264) or CQ (NVENC); None: encoder default")
+]
+AacBitrate = Annotated[str, Field(pattern=r"^[1-9][0-9]{1,2}k$", description="AAC bitrate")]
 
 FONT_NAME = "DejaVuSans-Bold.ttf"
 # Paths that need no escaping inside a filter graph.
