@@ -102,16 +102,16 @@ def probe_input(
     either; a video stream, when there is one, must be within ``caps``. Anything
     else is an :class:`InputError` with a one-line message.
     """
-    ctx.progress(0.0, "probe")
-    info = probe(ctx.input_path, deadline=ctx.deadline)
-    video = None
     if needs == "audio":
+        info = _probe(ctx)
         got = "video only" if info.has_video else "no audio stream"
         require_audio(info, route, f"needs a file with audio (got {got})")
         check_duration(info, caps.max_duration_s, "audio", clock)
         return ProbedInput(info, None, info.audio)
-    if not isinstance(caps, FrameCaps):
+    if not isinstance(caps, FrameCaps):  # a programming error: say so before any work
         raise TypeError(f"the {route} route reads video: its params need max_input_pixels")
+    info = _probe(ctx)
+    video = None
     if needs == "video or audio":
         check_duration(info, caps.max_duration_s, clock=clock)
     if needs == "video" or info.has_video:
@@ -121,6 +121,11 @@ def probe_input(
     if audio_reason is not None:
         require_audio(info, route, audio_reason)
     return ProbedInput(info, video, info.audio)
+
+
+def _probe(ctx: HandlerContext) -> MediaInfo:
+    ctx.progress(0.0, "probe")
+    return probe(ctx.input_path, deadline=ctx.deadline)
 
 
 def coerce_params(params: HandlerParams, cls: type[P]) -> P:
