@@ -99,8 +99,8 @@ def run_pipeline(repo: Path, track: Path, out: Path, args: argparse.Namespace) -
 def worker(args: argparse.Namespace) -> None:
     """Inside the pipeline process: run the handler twice (cold, then warm)."""
     t_start = time.perf_counter()
-    from handlers.protocol import HandlerContext
     from handlers.stems import StemsHandler, StemsParams
+    from tests.handler_context import handler_context
 
     params = StemsParams(
         format="wav",
@@ -115,16 +115,8 @@ def worker(args: argparse.Namespace) -> None:
     runtime = {}
     for i in range(2):
         job = Path(args.out) / f"job{i}"
-        (job / "out").mkdir(parents=True, exist_ok=True)
-        (job / "work").mkdir(parents=True, exist_ok=True)
-        ctx = HandlerContext(
-            input_path=Path(args.track),
-            output_dir=job / "out",
-            work_dir=job / "work",
-            params=params,
-            device=args.device,
-            deadline=time.monotonic() + 3600,
-            cache=cache,
+        ctx = handler_context(
+            job, Path(args.track), params, device=args.device, deadline_s=3600, cache=cache
         )
         t0 = time.perf_counter()
         result = StemsHandler().run(ctx)

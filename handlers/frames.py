@@ -26,13 +26,12 @@ from handlers.media.checks import (
     coerce_params,
     display_size,
     fit_even,
-    require_video,
+    probe_input,
 )
-from handlers.media.encode import font_file, media_input, prepare_video
-from handlers.media.ffmpeg_run import file_url, run_ffmpeg
-from handlers.media.probe import probe
+from handlers.media.encode import font_file, prepare_video
+from handlers.media.extensions import VIDEO_EXTENSIONS
+from handlers.media.ffmpeg_run import file_url, media_input, run_ffmpeg
 from handlers.protocol import HandlerContext, HandlerParams, HandlerResult, OutputFile
-from handlers.proxy import VIDEO_EXTENSIONS
 
 FRAME_PATTERN = "frame-%06d.jpg"
 FRAMES_JSON = "frames.json"
@@ -70,14 +69,9 @@ class FramesHandler:
     def run(self, ctx: HandlerContext) -> HandlerResult:
         params = coerce_params(ctx.params, FramesParams)
         log = ctx.log.bind(handler=self.name)
-        ctx.progress(0.0, "probe")
-        info = probe(ctx.input_path, deadline=ctx.deadline)
-        video = require_video(
-            info,
-            self.name,
-            max_input_pixels=params.max_input_pixels,
-            max_duration_s=params.max_duration_s,
-        )
+        probed = probe_input(ctx, self.name, params, needs="video")
+        info, video = probed.info, probed.video
+        assert video is not None  # needs="video"
         size = fit_even(*display_size(video), max_long=params.max_size)
         # Reading stops once max_frames are out: a 600-frame cap on a 4-hour file
         # must not decode the whole file.
@@ -161,8 +155,7 @@ def make_contact_sheet(
     tiles = []
     for i in chosen:
         # Our own JPEGs: the only demuxer needed is jpeg_pipe.
-        t = ffmpeg.input(file_url(frames[i]), f="jpeg_pipe", protocol_whitelist="file",
-                         format_whitelist="jpeg_pipe").video  # fmt: skip
+        t = media_input(frames[i], format_whitelist=("jpeg_pipe",), f="jpeg_pipe").video
         t = t.filter("scale", tile_w, tile_h).filter("setsar", 1).filter("format", "yuv420p")
         if font is not None:
             t = t.filter(

@@ -30,24 +30,25 @@ from typing import Any, ClassVar
 
 import ffmpeg
 import numpy as np
+from ffmpeg.nodes import FilterableStream
 from pydantic import Field, model_validator
 
 from gpu.encoders import VideoEncoderChoice
 from handlers.media.checks import (
+    EvenPixels,
     MediaLimits,
     check_complete,
     coerce_params,
     display_size,
     fit_even,
-    require_audio,
-    require_video,
+    probe_input,
 )
-from handlers.media.encode import codec_kwargs, encode_video, media_input, prepare_video
-from handlers.media.ffmpeg_run import file_url, run_ffmpeg
+from handlers.media.encode import AacBitrate, VideoQuality, encode_video, prepare_video
+from handlers.media.extensions import VIDEO_EXTENSIONS
+from handlers.media.ffmpeg_run import file_url, media_input, option_kwargs, run_ffmpeg
 from handlers.media.probe import MediaInfo, VideoStream, probe
 from handlers.media.waveform import pcm_output, read_pcm
 from handlers.protocol import HandlerContext, HandlerParams, HandlerResult, OutputFile
-from handlers.proxy import VIDEO_EXTENSIONS
 
 HIGHLIGHTS_JSON = "highlights.json"
 REEL_NAME = "highlights.mp4"
@@ -56,6 +57,7 @@ MOTION_FPS = 4
 MOTION_SIZE = (64, 36)
 _SILENCE_DB = -90.0
 _SCENE_CUT = 40.0  # mean grey difference (0..255) that is a cut, not motion
+NEEDS_SOUND = "scores crowd noise and needs a video with sound (this file is silent)"
 
 
 class HighlightsParams(MediaLimits):
@@ -70,9 +72,9 @@ class HighlightsParams(MediaLimits):
     audio_weight: float = Field(0.6, ge=0, le=1, description="weight of loudness in the score")
     motion_weight: float = Field(0.4, ge=0, le=1, description="weight of motion in the score")
     max_segments: int = Field(50, ge=1, le=500, description="segments listed at most")
-    short_side: int = Field(1080, ge=144, le=4320, description="reel short side at most")
-    quality: int | None = Field(None, ge=0, le=51, description="CRF/CQ; None: encoder default")
-    audio_bitrate: str = Field("160k", pattern=r"^[1-9][0-9]{1,2}k$", description="AAC bitrate")
+    short_side: EvenPixels = Field(1080, ge=144, le=4320, description="reel short side at most")
+    quality: VideoQuality = None
+    audio_bitrate: AacBitrate = "160k"
 
     @model_validator(mode="after")
     def _consistent(self) -> HighlightsParams:
@@ -80,8 +82,6 @@ class HighlightsParams(MediaLimits):
             raise ValueError("min_segment_s must not exceed max_segment_s")
         if self.audio_weight + self.motion_weight <= 0:
             raise ValueError("audio_weight + motion_weight must be above 0")
-        if self.short_side % 2:
-            raise ValueError("short_side must be an even number of pixels")
         return self
 
 
@@ -119,15 +119,9 @@ class HighlightsHandler:
     def run(self, ctx: HandlerContext) -> HandlerResult:
         params = coerce_params(ctx.params, HighlightsParams)
         log = ctx.log.bind(handler=self.name)
-        ctx.progress(0.0, "probe")
-        info = probe(ctx.input_path, deadline=ctx.deadline)
-        video = require_video(
-            info,
-            self.name,
-            max_input_pixels=params.max_input_pixels,
-            max_duration_s=params.max_duration_s,
-        )
-        require_audio(info, self.name)
+        probed = probe_input(ctx, self.name, params, needs="video", audio_reason=NEEDS_SOUND)
+        info, video = probed.info, probed.video
+        assert video is not None  # needs="video"
         duration = min(info.duration_s, params.max_duration_s) if info.duration_s else None
 
         pcm, gray = analyse(ctx, info, video, params, duration)
@@ -158,7 +152,6 @@ class HighlightsHandler:
                 deadline=ctx.deadline,
                 duration_s=sum(s.end - s.start for s in reel),
                 progress=lambda f: ctx.progress(0.5 + 0.5 * f, "encode"),
-                log_=log,
             )
             out = probe(reel_path, deadline=ctx.deadline)
             outputs.append(OutputFile(REEL_NAME, reel_path, "highlight-reel", "video/mp4"))
@@ -184,6 +177,7 @@ def analyse(
 ) -> tuple[Path, Path]:
     """Decode once: mono PCM and small grey frames for motion, into the scratch dir."""
     pcm, gray = ctx.work_dir / "audio.f32", ctx.work_dir / "motion.gray"
+    assert info.audio is not None  # the route requires sound
     src = media_input(ctx.input_path)
     v = src[str(video.index)].filter("setpts", "PTS-STARTPTS")
     v = (
@@ -193,7 +187,7 @@ def analyse(
     )
     limit = f"{params.max_duration_s:g}"
     outs = [
-        pcm_output(src[str(info.audio.index)], pcm, PCM_RATE, max_s=params.max_duration_s),  # type: ignore[union-attr]
+        pcm_output(src[str(info.audio.index)], pcm, PCM_RATE, max_s=params.max_duration_s),
         ffmpeg.output(v, file_url(gray), f="rawvideo", t=limit),
     ]
     run_ffmpeg(
@@ -329,7 +323,9 @@ def build_reel_args(
     size: tuple[int, int],
 ) -> list[str]:
     """ffmpeg arguments (no binary): each segment is its own seeked input, then concat."""
-    parts: list[Any] = []
+    assert info.audio is not None  # the route requires sound
+    audio_index = str(info.audio.index)
+    parts: list[FilterableStream] = []
     for seg in reel:
         src = media_input(
             input_path,
@@ -339,16 +335,10 @@ def build_reel_args(
         )
         v = prepare_video(src[str(video.index)], video)
         v = v.filter("scale", size[0], size[1]).filter("setsar", 1).filter("format", "yuv420p")
-        a = (
-            src[str(info.audio.index)]
-            .filter("aresample", 48000)
-            .filter(  # type: ignore[union-attr]
-                "aformat", channel_layouts="stereo"
-            )
-        )
+        a = src[audio_index].filter("aresample", 48000).filter("aformat", channel_layouts="stereo")
         parts += [v, a]
     joined = ffmpeg.concat(*parts, v=1, a=1).node
-    opts: dict[str, Any] = codec_kwargs(choice.codec_args(params.quality))
+    opts: dict[str, Any] = option_kwargs(choice.codec_args(params.quality))
     opts.update({"c:a": "aac", "b:a": params.audio_bitrate, "movflags": "+faststart", "sn": None})
     return ffmpeg.output(joined[0], joined[1], file_url(out_path), **opts).get_args()
 

@@ -20,21 +20,28 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import ffmpeg
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from gpu.encoders import VideoEncoderChoice
 from handlers.exceptions import MediaToolError
 from handlers.media.checks import (
+    EvenPixels,
     MediaLimits,
     check_complete,
-    check_duration,
     coerce_params,
     display_size,
     fit_even,
-    require_video,
+    probe_input,
 )
-from handlers.media.encode import codec_kwargs, encode_video, media_input, prepare_video
-from handlers.media.ffmpeg_run import file_url, run_ffmpeg
+from handlers.media.encode import (
+    AacBitrate,
+    VideoQuality,
+    encode_video,
+    prepare_video,
+    video_summary,
+)
+from handlers.media.extensions import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
+from handlers.media.ffmpeg_run import file_url, media_input, option_kwargs, run_ffmpeg
 from handlers.media.probe import MediaInfo, VideoStream, probe
 from handlers.media.waveform import PcmFormat, WaveformParams, pcm_output, write_waveform
 from handlers.protocol import HandlerContext, HandlerParams, HandlerResult, OutputFile
@@ -43,37 +50,18 @@ PROXY_NAME = "proxy.mp4"
 POSTER_NAME = "poster.jpg"
 _PCM_NAME = "audio.f32"
 
-VIDEO_EXTENSIONS = frozenset(
-    {
-        ".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mts", ".m2ts", ".ts",
-        ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
-    }
-)  # fmt: skip
-AUDIO_EXTENSIONS = frozenset(
-    {".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".aif", ".aiff", ".wma"}
-)
-
 
 class ProxyParams(MediaLimits):
-    short_side: int = Field(
+    short_side: EvenPixels = Field(
         720, ge=144, le=2160, description="the proxy's short side at most (720 = 720p)"
     )
     max_fps: int = Field(60, ge=1, le=240, description="faster sources are reduced to this")
-    quality: int | None = Field(
-        None, ge=0, le=51, description="CRF (libx264) or CQ (NVENC); None: encoder default"
-    )
-    audio_bitrate: str = Field("128k", pattern=r"^[1-9][0-9]{1,2}k$", description="AAC bitrate")
+    quality: VideoQuality = None
+    audio_bitrate: AacBitrate = "128k"
     poster_candidates: int = Field(
         30, ge=1, le=200, description="frames sampled across the video to pick the poster from"
     )
     waveform: WaveformParams = Field(default_factory=WaveformParams)
-
-    @field_validator("short_side")
-    @classmethod
-    def _even(cls, value: int) -> int:
-        if value % 2:
-            raise ValueError("must be an even number of pixels")
-        return value
 
 
 class ProxyHandler:
@@ -89,17 +77,8 @@ class ProxyHandler:
     def run(self, ctx: HandlerContext) -> HandlerResult:
         params = coerce_params(ctx.params, ProxyParams)
         log = ctx.log.bind(handler=self.name)
-        ctx.progress(0.0, "probe")
-        info = probe(ctx.input_path, deadline=ctx.deadline)
-        check_duration(info, params.max_duration_s)
-        video = None
-        if info.has_video:
-            video = require_video(
-                info,
-                self.name,
-                max_input_pixels=params.max_input_pixels,
-                max_duration_s=params.max_duration_s,
-            )
+        probed = probe_input(ctx, self.name, params, needs="video or audio")
+        info, video = probed.info, probed.video
         duration = min(info.duration_s, params.max_duration_s) if info.duration_s else None
         pcm = ctx.work_dir / _PCM_NAME if info.has_audio else None
         pcm_fmt = PcmFormat.for_points_per_second(params.waveform.points_per_second)
@@ -125,7 +104,6 @@ class ProxyHandler:
                 deadline=ctx.deadline,
                 duration_s=duration,
                 progress=lambda f: ctx.progress(0.95 * f, "encode"),
-                log_=log,
             )
             out = probe(proxy_path, deadline=ctx.deadline)
             try:
@@ -140,12 +118,12 @@ class ProxyHandler:
                 OutputFile(PROXY_NAME, proxy_path, "proxy", "video/mp4"),
                 OutputFile(POSTER_NAME, poster_path, "poster", "image/jpeg"),
             ]
-            summary["proxy"] = _video_summary(out)
+            summary["proxy"] = video_summary(out)
             summary["poster"] = {"width": size[0], "height": size[1]}
         else:
-            assert pcm is not None  # probe guarantees audio or video
+            assert pcm is not None and probed.audio is not None  # probe: audio or video
             src = media_input(ctx.input_path)
-            audio = src[str(info.audio.index)]  # type: ignore[union-attr]
+            audio = src[str(probed.audio.index)]
             args = pcm_output(audio, pcm, pcm_fmt.sample_rate, max_s=params.max_duration_s)
             run_ffmpeg(
                 args.get_args(),
@@ -199,7 +177,7 @@ def build_args(
     limit = {"t": f"{params.max_duration_s:g}"}
 
     streams = [branches[0]]
-    out_opts: dict[str, Any] = codec_kwargs(choice.codec_args(params.quality))
+    out_opts: dict[str, Any] = option_kwargs(choice.codec_args(params.quality))
     if info.audio is not None:
         streams.append(src[str(info.audio.index)])
         out_opts.update({"c:a": "aac", "b:a": params.audio_bitrate, "ar": 48000, "ac": 2})
@@ -224,16 +202,3 @@ def build_args(
         audio = src[str(info.audio.index)]
         outs.append(pcm_output(audio, pcm, pcm_rate, max_s=params.max_duration_s))
     return ffmpeg.merge_outputs(*outs).get_args()
-
-
-def _video_summary(out: MediaInfo) -> dict[str, Any]:
-    v, a = out.video, out.audio
-    return {
-        "width": v.width if v else None,
-        "height": v.height if v else None,
-        "fps": v.fps if v else None,
-        "duration_s": None if out.duration_s is None else round(out.duration_s, 3),
-        "video_codec": v.codec if v else None,
-        "audio_codec": a.codec if a else None,
-        "size_bytes": out.size_bytes,
-    }

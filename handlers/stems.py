@@ -13,6 +13,7 @@ mix and stems on the host); see docs/stems.md for the design and memory bounds.
 
 from __future__ import annotations
 
+import contextvars
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,11 +34,17 @@ from handlers.media.audio_io import (
     decode_to_f32,
     encode_stem,
 )
-from handlers.media.probe import MediaInfo, probe
+from handlers.media.checks import MaxDurationS, coerce_params, probe_input
+from handlers.media.extensions import AUDIO_EXTENSIONS
 from handlers.protocol import HandlerContext, HandlerParams, HandlerResult, OutputFile
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$"
 _BLOCK = 1 << 20  # frames per step when summing stems
+# Audio formats beyond the common ones, and the video containers music arrives in.
+STEMS_EXTENSIONS = AUDIO_EXTENSIONS | {
+    ".oga", ".wv", ".ape", ".alac", ".caf", ".mka",
+    ".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".ts", ".mts",
+}  # fmt: skip
 
 
 class StemsParams(HandlerParams):
@@ -65,7 +72,7 @@ class StemsParams(HandlerParams):
     )
     seed: int = Field(0, ge=0, description="seed of the random shifts (same input, same output)")
     waveform: bool = Field(True, description="write <stem>.png per stem")
-    max_duration_s: float = Field(3 * 3600, gt=0, description="longer inputs are rejected")
+    max_duration_s: MaxDurationS = 3 * 3600
 
     @model_validator(mode="after")
     def _check(self) -> StemsParams:
@@ -91,13 +98,7 @@ class StemsHandler:
         "karaoke": {"two_stems": "vocals"},
     }
     Params: ClassVar[type[HandlerParams]] = StemsParams
-    extensions: ClassVar[frozenset[str]] = frozenset(
-        {
-            ".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".oga", ".opus", ".aif",
-            ".aiff", ".wma", ".wv", ".ape", ".alac", ".caf", ".mka", ".mp4", ".mov",
-            ".m4v", ".mkv", ".webm", ".avi", ".ts", ".mts",
-        }
-    )  # fmt: skip
+    extensions: ClassVar[frozenset[str]] = STEMS_EXTENSIONS
 
     def required_models(self, params: HandlerParams) -> list[str]:
         """The store model a job needs (`dropgpu doctor` checks it is there)."""
@@ -109,13 +110,11 @@ class StemsHandler:
         warm_model(cache, model, device)
 
     def run(self, ctx: HandlerContext) -> HandlerResult:
-        params = ctx.params
-        if not isinstance(params, StemsParams):
-            params = StemsParams.model_validate(params.model_dump())
+        params = coerce_params(ctx.params, StemsParams)
         log = ctx.log.bind(handler=self.name, model=params.model)
-        ctx.progress(0.0, "probe")
-        info = probe(ctx.input_path, deadline=ctx.deadline)
-        stream = check_input(info, params)
+        probed = probe_input(ctx, self.name, params, needs="audio", clock=minutes)
+        info, stream = probed.info, probed.audio
+        assert stream is not None  # needs="audio"
 
         warm = model_cache_key(params.model, ctx.device) in ctx.cache
         try:
@@ -188,17 +187,9 @@ class StemsHandler:
         )
 
 
-def check_input(info: MediaInfo, params: StemsParams) -> Any:
-    """The audio stream to separate, or an InputError saying why there is none."""
-    if info.audio is None:
-        got = "video only" if info.has_video else "no audio stream"
-        raise InputError(f"no audio stream: the stems route needs a file with audio (got {got})")
-    if info.duration_s is not None and info.duration_s > params.max_duration_s:
-        raise InputError(
-            f"the audio is {info.duration_s / 60:.1f} min long; this route accepts at most "
-            f"{params.max_duration_s / 60:.1f} min (max_duration_s)"
-        )
-    return info.audio
+def minutes(seconds: float) -> str:
+    """How the stems route states durations (songs are minutes long)."""
+    return f"{seconds / 60:.1f} min"
 
 
 def output_plan(loaded: LoadedModel, params: StemsParams) -> dict[str, list[str]]:
@@ -221,7 +212,9 @@ def output_plan(loaded: LoadedModel, params: StemsParams) -> dict[str, list[str]
     return {s: [s] for s in dict.fromkeys(chosen)}
 
 
-def separation_settings(loaded: LoadedModel, params: StemsParams, device: str) -> Any:
+def separation_settings(
+    loaded: LoadedModel, params: StemsParams, device: str
+) -> SeparationSettings:
     if params.segment is not None:
         from demucs.htdemucs import HTDemucs
 
@@ -280,7 +273,10 @@ def encode_all(
         )
 
     with ThreadPoolExecutor(max_workers=len(raw), thread_name_prefix="encode") as pool:
-        return list(pool.map(one, raw))
+        # Each encode runs in a copy of the job's context: its ffmpeg log lines carry
+        # the route, key and attempt the runner bound (pool threads start without them).
+        jobs = [pool.submit(contextvars.copy_context().run, one, name) for name in raw]
+        return [job.result() for job in jobs]
 
 
 def outputs_of(encoded: list[EncodedStem], params: StemsParams) -> list[OutputFile]:

@@ -25,16 +25,33 @@ from pathlib import Path, PurePath
 from typing import Any, ClassVar, Literal
 
 import ffmpeg
+from ffmpeg.nodes import FilterableStream
 from pydantic import Field, field_validator, model_validator
 
 from gpu.encoders import VideoEncoderChoice
 from handlers.exceptions import HandlerConfigError, InputError
-from handlers.media.checks import check_complete, coerce_params, require_video
-from handlers.media.encode import can_tonemap, encode_video, font_file, tonemap_to_sdr
-from handlers.media.ffmpeg_run import (
-    SAFE_DEMUXERS,
-    file_url,
+from handlers.media.checks import (
+    DEFAULT_MAX_DURATION_S,
+    DEFAULT_MAX_INPUT_PIXELS,
+    EvenPixels,
+    MaxDurationS,
+    MaxInputPixels,
+    check_complete,
+    coerce_params,
+    probe_input,
 )
+from handlers.media.encode import (
+    AacBitrate,
+    VideoQuality,
+    can_tonemap,
+    encode_video,
+    font_file,
+    prepare_video,
+    tonemap_to_sdr,
+    video_summary,
+)
+from handlers.media.extensions import VIDEO_EXTENSIONS
+from handlers.media.ffmpeg_run import file_url, media_input, option_kwargs
 from handlers.media.probe import MediaInfo, VideoStream, probe
 from handlers.protocol import HandlerContext, HandlerParams, HandlerResult, OutputFile
 
@@ -45,8 +62,8 @@ WATERMARK_DEMUXERS = {".png": "png_pipe", ".jpg": "jpeg_pipe", ".jpeg": "jpeg_pi
 
 
 class VerticalParams(HandlerParams):
-    width: int = Field(1080, ge=16, le=4096, description="output width in pixels (even)")
-    height: int = Field(1920, ge=16, le=4096, description="output height in pixels (even)")
+    width: EvenPixels = Field(1080, ge=16, le=4096, description="output width in pixels (even)")
+    height: EvenPixels = Field(1920, ge=16, le=4096, description="output height in pixels (even)")
     fps: int = Field(30, ge=1, le=120, description="output frame rate (constant)")
     crop: Literal["center", "focus"] = Field(
         "center", description="keep the centre, or the window around focus_x"
@@ -75,22 +92,11 @@ class VerticalParams(HandlerParams):
         0.2, gt=0, le=1, description="watermark width as a fraction of the output width"
     )
     watermark_opacity: float = Field(1.0, ge=0, le=1)
-    quality: int | None = Field(
-        None, ge=0, le=51, description="CRF (libx264) or CQ (NVENC); None: encoder default"
-    )
-    audio_bitrate: str = Field("128k", pattern=r"^[1-9][0-9]{1,2}k$", description="AAC bitrate")
-    max_duration_s: float = Field(4 * 3600, gt=0, description="longer inputs are rejected")
-    max_input_pixels: int = Field(
-        8192 * 8192, gt=0, description="inputs with larger frames are rejected"
-    )
-
-    @field_validator("width", "height")
-    @classmethod
-    def _even(cls, value: int) -> int:
-        # yuv420p (what every player expects) halves chroma both ways: sizes must be even.
-        if value % 2:
-            raise ValueError("must be an even number of pixels")
-        return value
+    quality: VideoQuality = None
+    audio_bitrate: AacBitrate = "128k"
+    # MediaLimits' caps, declared here so they stay last in the manifest's params.
+    max_duration_s: MaxDurationS = DEFAULT_MAX_DURATION_S
+    max_input_pixels: MaxInputPixels = DEFAULT_MAX_INPUT_PIXELS
 
     @field_validator("watermark")
     @classmethod
@@ -114,19 +120,15 @@ class VerticalHandler:
     gpu_kind: ClassVar[str] = "video"
     default_routes: ClassVar[dict[str, dict[str, Any]]] = {"vertical": {}}
     Params: ClassVar[type[HandlerParams]] = VerticalParams
-    extensions: ClassVar[frozenset[str]] = frozenset(
-        {
-            ".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mts", ".m2ts", ".ts",
-            ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
-        }
-    )  # fmt: skip
+    extensions: ClassVar[frozenset[str]] = VIDEO_EXTENSIONS
 
     def run(self, ctx: HandlerContext) -> HandlerResult:
         params = coerce_params(ctx.params, VerticalParams)
         log = ctx.log.bind(handler=self.name)
-        ctx.progress(0.0, "probe")
-        info = probe(ctx.input_path, deadline=ctx.deadline)
-        video = check_input(info, params)
+        probed = probe_input(ctx, self.name, params, needs="video")
+        info, video = probed.info, probed.video
+        assert video is not None  # needs="video"
+        check_trim(info, params)
         duration = output_duration(info, params)
         overlays = prepare_overlays(params, ctx.work_dir)
 
@@ -146,7 +148,6 @@ class VerticalHandler:
             deadline=ctx.deadline,
             duration_s=duration,
             progress=lambda fraction: ctx.progress(fraction, "encode"),
-            log_=log,
         )
         runtime.update(hdr, encode_s=round(time.monotonic() - started, 3))
         try:
@@ -165,24 +166,17 @@ class VerticalHandler:
             outputs=[OutputFile(OUTPUT_NAME, out_path, "video", "video/mp4")],
             media=info.as_manifest_dict(),
             runtime=runtime,
-            summary=output_summary(out),
+            summary=video_summary(out, has_audio=True),
         )
 
 
-def check_input(info: MediaInfo, params: VerticalParams) -> VideoStream:
-    """The video stream to reframe, or an InputError saying why there is none."""
-    video = require_video(
-        info,
-        "vertical",
-        max_input_pixels=params.max_input_pixels,
-        max_duration_s=params.max_duration_s,
-    )
+def check_trim(info: MediaInfo, params: VerticalParams) -> None:
+    """An InputError when the trim starts after the end of the video."""
     if info.duration_s is not None and params.trim_start_s >= info.duration_s:
         raise InputError(
             f"trim_start_s is {params.trim_start_s:g} s but the video is only "
             f"{info.duration_s:.1f} s long"
         )
-    return video
 
 
 def output_duration(info: MediaInfo, params: VerticalParams) -> float | None:
@@ -223,19 +217,17 @@ def prepare_overlays(params: VerticalParams, work_dir: Path) -> Overlays:
 def video_filters(
     video: VideoStream,
     params: VerticalParams,
-    stream: Any,
+    stream: FilterableStream,
     *,
     tonemap: bool = False,
     overlays: Overlays | None = None,
-    watermark: Any = None,
-) -> Any:
+    watermark: FilterableStream | None = None,
+) -> FilterableStream:
     """Apply the reframing filters to an ffmpeg-python stream and return the result."""
     w, h = params.width, params.height
-    if video.interlaced:
-        stream = stream.filter("bwdif", mode="send_frame")
-    if not video.square_pixels:
-        # Resample to square pixels first so "cover" is computed on what viewers see.
-        stream = stream.filter("scale", "trunc(iw*sar/2)*2", "ih").filter("setsar", 1)
+    # Deinterlaced, square pixels first so "cover" is computed on what viewers see; HDR is
+    # tone-mapped later, at output size, where it is cheapest.
+    stream = prepare_video(stream, video, tonemap=False)
     if params.speed != 1:
         stream = stream.filter("setpts", f"(PTS-STARTPTS)/{params.speed:g}")
     # Dropping frames before scaling saves work; adding them after does too.
@@ -250,7 +242,7 @@ def video_filters(
         stream = stream.filter("crop", w, h)  # x, y default to the centre
     stream = stream.filter("setsar", 1)
     if tonemap and video.color_transfer:
-        stream = tonemap_to_sdr(stream, video)  # at output size, where it is cheapest
+        stream = tonemap_to_sdr(stream, video)
     if not fps_first:
         stream = stream.filter("fps", params.fps)
     overlays = overlays or Overlays()
@@ -261,7 +253,9 @@ def video_filters(
     return stream.filter("format", "yuv420p")
 
 
-def draw_text(stream: Any, params: VerticalParams, text_file: Path, font: Path) -> Any:
+def draw_text(
+    stream: FilterableStream, params: VerticalParams, text_file: Path, font: Path
+) -> FilterableStream:
     size = params.text_size or default_text_size(params)
     margin = params.height // 20
     y = {
@@ -292,7 +286,9 @@ def default_text_size(params: VerticalParams) -> int:
     return max(8, min(params.height // 18, fit))
 
 
-def place_watermark(stream: Any, image: Any, params: VerticalParams) -> Any:
+def place_watermark(
+    stream: FilterableStream, image: FilterableStream, params: VerticalParams
+) -> FilterableStream:
     width = max(2, round(params.width * params.watermark_width / 2) * 2)
     margin = params.width // 30
     image = image.filter("scale", width, -1).filter("format", "rgba")
@@ -310,7 +306,7 @@ def place_watermark(stream: Any, image: Any, params: VerticalParams) -> Any:
     return ffmpeg.overlay(stream, image, x=x, y=y, eof_action="repeat", format="auto")
 
 
-def atempo_chain(stream: Any, speed: float) -> Any:
+def atempo_chain(stream: FilterableStream, speed: float) -> FilterableStream:
     """atempo takes 0.5..100 per instance: chain halves for slower speeds."""
     while speed < 0.5:
         stream = stream.filter("atempo", 0.5)
@@ -328,27 +324,17 @@ def build_args(
     overlays: Overlays | None = None,
 ) -> list[str]:
     """ffmpeg arguments (no binary) for one vertical encode, via ffmpeg-python."""
-    in_opts: dict[str, Any] = {
-        "protocol_whitelist": "file",
-        "format_whitelist": ",".join(SAFE_DEMUXERS),
-    }
-    hw = choice.input_args()
-    in_opts.update({hw[i].lstrip("-"): hw[i + 1] for i in range(0, len(hw), 2)})
+    trim: dict[str, str] = {}
     # Input seeking: a trim of a long file does not decode what it skips.
     if params.trim_start_s:
-        in_opts["ss"] = f"{params.trim_start_s:g}"
+        trim["ss"] = f"{params.trim_start_s:g}"
     if params.trim_end_s is not None:
-        in_opts["t"] = f"{params.trim_end_s - params.trim_start_s:g}"
-    src = ffmpeg.input(file_url(input_path), **in_opts)
+        trim["t"] = f"{params.trim_end_s - params.trim_start_s:g}"
+    src = media_input(input_path, hw_args=choice.input_args(), **trim)
     watermark = None
     if overlays is not None and overlays.watermark is not None:
         demuxer = WATERMARK_DEMUXERS[overlays.watermark.suffix.lower()]
-        watermark = ffmpeg.input(
-            file_url(overlays.watermark),
-            f=demuxer,
-            protocol_whitelist="file",
-            format_whitelist=demuxer,
-        ).video
+        watermark = media_input(overlays.watermark, format_whitelist=(demuxer,), f=demuxer).video
     # Select streams by index: "v:0" could be a cover picture, not the video.
     tonemap = video.hdr and can_tonemap()
     streams = [
@@ -361,7 +347,7 @@ def build_args(
             watermark=watermark,
         )
     ]
-    out_opts: dict[str, Any] = _pairs(choice.codec_args(params.quality))
+    out_opts: dict[str, Any] = option_kwargs(choice.codec_args(params.quality))
     if info.audio is not None:
         audio = src[str(info.audio.index)]
         if params.speed != 1:
@@ -372,22 +358,3 @@ def build_args(
         out_opts["an"] = None
     out_opts.update({"movflags": "+faststart", "t": f"{params.max_duration_s:g}", "sn": None})
     return ffmpeg.output(*streams, file_url(out_path), **out_opts).get_args()
-
-
-def output_summary(out: MediaInfo) -> dict[str, Any]:
-    v, a = out.video, out.audio
-    return {
-        "width": v.width if v else None,
-        "height": v.height if v else None,
-        "fps": v.fps if v else None,
-        "duration_s": None if out.duration_s is None else round(out.duration_s, 3),
-        "video_codec": v.codec if v else None,
-        "has_audio": out.has_audio,
-        "audio_codec": a.codec if a else None,
-        "size_bytes": out.size_bytes,
-    }
-
-
-def _pairs(args: list[str]) -> dict[str, str]:
-    # Encoder options are "-name value" pairs; ffmpeg-python wants them as kwargs.
-    return {args[i].lstrip("-"): args[i + 1] for i in range(0, len(args), 2)}

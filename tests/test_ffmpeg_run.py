@@ -15,7 +15,9 @@ from handlers.media.ffmpeg_run import (
     file_url,
     harden_args,
     input_args,
+    media_input,
     run_ffmpeg,
+    scrub,
 )
 from tests.media import make_ffconcat_disguise, make_text_as_media, make_video
 
@@ -35,6 +37,38 @@ def test_input_args_are_file_urls_under_a_whitelist(tmp_path: Path) -> None:
     assert args[args.index("-protocol_whitelist") + 1] == "file"
     assert "concat" not in args[args.index("-format_whitelist") + 1].split(",")
     assert file_url("rel.mp4").startswith("file:/")  # always absolute
+
+
+def test_media_input_is_the_same_hardened_input(tmp_path: Path) -> None:
+    src = tmp_path / "in put.mp4"
+    args = (
+        media_input(src, hw_args=["-hwaccel", "cuda"], ss="1.5")
+        .output(file_url(tmp_path / "o.mp4"))
+        .get_args()
+    )
+    i = args.index("-i")
+    assert args[i + 1] == f"file:{src}"
+    options = dict(zip(args[:i:2], args[1:i:2], strict=True))
+    raw = input_args(src)
+    assert options == {
+        "-protocol_whitelist": "file",
+        "-format_whitelist": raw[raw.index("-format_whitelist") + 1],
+        "-hwaccel": "cuda",
+        "-ss": "1.5",
+    }
+    assert harden_args(args).count("-protocol_whitelist") == 1  # nothing to add
+    own = media_input(tmp_path / "f.jpg", format_whitelist=("jpeg_pipe",), f="jpeg_pipe")
+    own_args = own.output(file_url(tmp_path / "o.png")).get_args()
+    assert own_args[own_args.index("-format_whitelist") + 1] == "jpeg_pipe"
+
+
+def test_scrub_keeps_file_names_and_drops_our_whitelist() -> None:
+    assert scrub("Error opening input file file:/scratch/ab12/input.mp4.") == (
+        "Error opening input file input.mp4."
+    )
+    assert scrub("Format concat detected, not on whitelist 'mov,matroska,webm'!") == (
+        "Format concat detected, not on whitelist!"
+    )
 
 
 def test_harden_args_forces_flags_and_whitelists_every_input(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,22 +12,13 @@ from pydantic import ValidationError
 from handlers.exceptions import InputError
 from handlers.frames import FramesHandler, FramesParams, sheet_indices
 from handlers.protocol import Handler, HandlerContext, HandlerParams
+from tests.handler_context import handler_context
 from tests.media import make_audio, make_empty, make_video
 from tests.test_proxy_handler import decode_image, ffmpeg
 
 
 def ctx_for(tmp_path: Path, src: Path, params: HandlerParams | None = None) -> HandlerContext:
-    out, work = tmp_path / "out", tmp_path / "work"
-    out.mkdir(exist_ok=True)
-    work.mkdir(exist_ok=True)
-    return HandlerContext(
-        input_path=src,
-        output_dir=out,
-        work_dir=work,
-        params=params or FramesParams(),
-        device="cpu",
-        deadline=time.monotonic() + 120,
-    )
+    return handler_context(tmp_path, src, params or FramesParams())
 
 
 @pytest.fixture(scope="module")

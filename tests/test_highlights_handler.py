@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,22 +19,13 @@ from handlers.highlights import (
 )
 from handlers.media.probe import probe
 from handlers.protocol import Handler, HandlerContext, HandlerParams
+from tests.handler_context import handler_context
 from tests.media import make_audio, make_video
 from tests.test_proxy_handler import ffmpeg
 
 
 def ctx_for(tmp_path: Path, src: Path, params: HandlerParams | None = None) -> HandlerContext:
-    out, work = tmp_path / "out", tmp_path / "work"
-    out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
-    return HandlerContext(
-        input_path=src,
-        output_dir=out,
-        work_dir=work,
-        params=params or HighlightsParams(),
-        device="cpu",
-        deadline=time.monotonic() + 120,
-    )
+    return handler_context(tmp_path, src, params or HighlightsParams())
 
 
 def make_match(path: Path, seconds: int = 10, burst: tuple[int, int] = (6, 8)) -> Path:

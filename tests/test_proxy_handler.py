@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from handlers.media.probe import probe
 from handlers.media.waveform import PcmFormat, compute_peaks, draw_waveform
 from handlers.protocol import Handler, HandlerContext, HandlerParams
 from handlers.proxy import ProxyHandler, ProxyParams
+from tests.handler_context import handler_context
 from tests.media import make_audio, make_empty, make_text_as_media, make_truncated, make_video
 
 
@@ -40,17 +40,7 @@ def decode_image(path: Path, size: tuple[int, int], pix_fmt: str = "gray") -> np
 
 
 def ctx_for(tmp_path: Path, src: Path, params: HandlerParams | None = None) -> HandlerContext:
-    out, work = tmp_path / "out", tmp_path / "work"
-    out.mkdir(exist_ok=True)
-    work.mkdir(exist_ok=True)
-    return HandlerContext(
-        input_path=src,
-        output_dir=out,
-        work_dir=work,
-        params=params or ProxyParams(),
-        device="cpu",
-        deadline=time.monotonic() + 120,
-    )
+    return handler_context(tmp_path, src, params or ProxyParams())
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ import pytest
 
 from handlers.exceptions import HandlerConfigError, InputError
 from handlers.media.probe import probe
-from handlers.protocol import HandlerContext, HandlerResult
+from handlers.protocol import HandlerResult
 from handlers.stems import StemsHandler, StemsParams
+from tests.handler_context import handler_context
 from tests.media import make_audio, make_empty, make_text_as_media, make_video
 from tests.models_for_tests import make_tiny_store
 
@@ -38,18 +39,7 @@ def run_handler(
     path: Path, tmp_path: Path, cache: dict | None = None, **params: Any
 ) -> HandlerResult:
     job = tmp_path / f"job-{time.monotonic_ns()}"
-    (job / "out").mkdir(parents=True)
-    (job / "work").mkdir()
-    ctx = HandlerContext(
-        input_path=path,
-        output_dir=job / "out",
-        work_dir=job / "work",
-        params=StemsParams(**params),
-        device="cpu",
-        deadline=time.monotonic() + 120,
-        cache=cache if cache is not None else {},
-    )
-    return StemsHandler().run(ctx)
+    return StemsHandler().run(handler_context(job, path, StemsParams(**params), cache=cache))
 
 
 def decode(path: Path) -> np.ndarray:
@@ -62,6 +52,23 @@ def decode(path: Path) -> np.ndarray:
         max_duration_s=60, deadline=None,
     )  # fmt: skip
     return np.fromfile(raw, np.float32).reshape(-1, 2)
+
+
+def test_mono_decodes_to_the_same_signal_on_both_sides(media: Path, tmp_path: Path) -> None:
+    from handlers.media.audio_io import decode_to_f32
+
+    src = make_audio(media / "mono-tone.wav", 0.5, channels=1)
+    mono, stereo = tmp_path / "mono.f32", tmp_path / "stereo.f32"
+    for dest, channels in ((mono, 1), (stereo, 2)):
+        decode_to_f32(
+            src, dest, stream_index=0, sample_rate=44100, channels=channels, source_channels=1,
+            max_duration_s=60, deadline=None,
+        )  # fmt: skip
+    signal = np.fromfile(mono, np.float32)
+    both = np.fromfile(stereo, np.float32).reshape(-1, 2)
+    assert len(signal) == 22050 and np.abs(signal).max() > 0.1
+    # As demucs upmixes: the same samples on each side, not ffmpeg's -3 dB default.
+    assert np.array_equal(both[:, 0], signal) and np.array_equal(both[:, 1], signal)
 
 
 def test_four_stems_flac_with_waveforms_and_metering(media: Path, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from handlers.exceptions import InputError, TransientError
 from handlers.media.probe import probe
 from handlers.protocol import Handler, HandlerContext, HandlerParams
 from handlers.vertical import VerticalHandler, VerticalParams, build_args
+from tests.handler_context import handler_context
 from tests.media import (
     make_audio,
     make_empty,
@@ -54,18 +55,8 @@ def _ctx(
     deadline_s: float = 120,
     progress: list[tuple[float, str]] | None = None,
 ) -> HandlerContext:
-    out, work = tmp_path / "out", tmp_path / "work"
-    out.mkdir(exist_ok=True)
-    work.mkdir(exist_ok=True)
-    seen = progress if progress is not None else []
-    return HandlerContext(
-        input_path=src,
-        output_dir=out,
-        work_dir=work,
-        params=params or VerticalParams(),
-        device="cpu",
-        deadline=time.monotonic() + deadline_s,
-        progress=lambda fraction, phase: seen.append((fraction, phase)),
+    return handler_context(
+        tmp_path, src, params or VerticalParams(), deadline_s=deadline_s, progress=progress
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,23 +13,14 @@ from handlers.media.encode import FONT_NAME, font_file
 from handlers.media.probe import probe
 from handlers.protocol import HandlerContext
 from handlers.vertical import VerticalHandler, VerticalParams, atempo_chain
+from tests.handler_context import handler_context
 from tests.test_proxy_handler import decode_image, ffmpeg
 
 SIZE = (90, 160)  # small 9:16 output keeps encodes quick
 
 
 def ctx_for(tmp_path: Path, src: Path, params: VerticalParams) -> HandlerContext:
-    out, work = tmp_path / "out", tmp_path / "work"
-    out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
-    return HandlerContext(
-        input_path=src,
-        output_dir=out,
-        work_dir=work,
-        params=params,
-        device="cpu",
-        deadline=time.monotonic() + 120,
-    )
+    return handler_context(tmp_path, src, params)
 
 
 def params(**kw: object) -> VerticalParams:

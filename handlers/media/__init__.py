@@ -1,5 +1,7 @@
 """The media toolkit the handler plugins share.
 
-Hardened ffmpeg runner, probe, encoding, input checks, audio I/O, waveforms.
-It never imports the job engine (handlers.jobs) or the bucket (infra.storage).
+Hardened ffmpeg runner and the one hardened input (ffmpeg_run), probe, input checks
+and caps (checks: probe_input), encoding (encode), audio I/O, waveforms, and the
+extensions the media routes accept. It never imports the job engine
+(handlers.jobs) or the bucket (infra.storage).
 """

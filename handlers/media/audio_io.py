@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import ffmpeg
 import structlog
 
-from handlers.media.ffmpeg_run import file_url, input_args, run_ffmpeg
+from handlers.media.ffmpeg_run import file_url, input_args, media_input, run_ffmpeg
 
 log = structlog.get_logger(__name__)
 
@@ -72,18 +73,23 @@ def decode_to_f32(
     progress: Callable[[float], None] | None = None,
 ) -> int:
     """Decode one audio stream to raw float32 frames in ``dest``; returns the frame count."""
-    args = [*input_args(source), "-map", f"0:{stream_index}", "-vn", "-sn", "-dn"]
+    audio = media_input(source)[str(stream_index)]
+    layout: dict[str, int] = {}
     if source_channels == 1 and channels == 2:
         # Mono to stereo as demucs does it (the same signal both sides); ffmpeg's
-        # default upmix would lower it by 3 dB.
-        args += ["-af", "pan=stereo|c0=c0|c1=c0"]
+        # default upmix would lower it by 3 dB. (channelmap, not "pan=stereo|c0=c0|c1=c0":
+        # ffmpeg-python over-escapes the "=" in a filter argument.)
+        audio = audio.filter("channelmap", map="0-FL|0-FR", channel_layout="stereo")
     else:
-        args += ["-ac", str(channels)]
-    args += [
-        *("-ar", str(sample_rate), "-t", f"{max_duration_s:g}"),
-        *("-c:a", "pcm_f32le", "-f", "f32le", file_url(dest)),
-    ]
-    run_ffmpeg(args, deadline=deadline, duration_s=duration_s, progress=progress)
+        layout["ac"] = channels
+    out = ffmpeg.output(
+        audio,
+        file_url(dest),
+        **layout,
+        **{"ar": sample_rate, "t": f"{max_duration_s:g}", "c:a": "pcm_f32le", "f": "f32le"},
+        **{"vn": None, "sn": None, "dn": None},
+    )
+    run_ffmpeg(out.get_args(), deadline=deadline, duration_s=duration_s, progress=progress)
     return dest.stat().st_size // (4 * channels)
 
 
@@ -124,6 +130,7 @@ def encode_stem(
         colour = _COLOURS.get(name, "0x9B9B9B")
         graph.append(f"[wave]showwavespic=s={w}x{h}:split_channels=1:colors={colour}[png]")
     graph.append("[meter]ebur128=framelog=quiet:peak=sample,anullsink")
+    # Raw argv: the meter branch ends in a sink filter, which ffmpeg-python cannot express.
     args = [
         *input_args(raw, format_whitelist=None, options=raw_in),
         *("-filter_complex", ";".join(graph)),

@@ -1,20 +1,24 @@
-"""Input checks and frame geometry shared by the media handlers.
+"""Input checks, caps and frame geometry shared by the media handlers.
 
-Every media route rejects the same user mistakes with the same one-line
-messages (no video for a video route, no audio where audio is needed, frames or
-durations over the route's caps) and computes output sizes the same way: square
-pixels, display orientation, even dimensions, never upscaled.
+Every media route probes its input through :func:`probe_input`, so it rejects the
+same user mistakes with the same one-line messages (no video for a video route,
+no audio where audio is needed, frames or durations over the route's caps), and
+computes output sizes the same way: square pixels, display orientation, even
+dimensions, never upscaled. The caps and the even-pixels rule are declared once
+here as pydantic types the params models use.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Literal, Protocol, TypeVar, runtime_checkable
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from handlers.exceptions import InputError
-from handlers.media.probe import AudioStream, MediaInfo, VideoStream
-from handlers.protocol import HandlerParams
+from handlers.media.probe import AudioStream, MediaInfo, VideoStream, probe
+from handlers.protocol import HandlerContext, HandlerParams
 
 # The output may come out a little shorter than the container says (rounding, a
 # last partial frame); much shorter means the input stopped decoding early.
@@ -24,25 +28,109 @@ TRUNCATION_SLACK_S = 0.5
 P = TypeVar("P", bound=HandlerParams)
 
 
-class MediaLimits(HandlerParams):
-    """Caps every media route shares; inputs over them fail with an input error."""
-
-    max_duration_s: float = Field(4 * 3600, gt=0, description="longer inputs are rejected")
-    max_input_pixels: int = Field(
-        8192 * 8192, gt=0, description="inputs with larger frames are rejected"
-    )
-
-
-def coerce_params(params: HandlerParams, cls: type[P]) -> P:
-    """``params`` as ``cls`` (the runner already validated them; direct callers may not)."""
-    return params if isinstance(params, cls) else cls.model_validate(params.model_dump())
-
-
 def hms(seconds: float) -> str:
     if seconds < 60:  # "0:00:00" would hide a sub-minute cap
         return f"{seconds:.1f} s"
     s = round(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _even(value: int) -> int:
+    # yuv420p (what every player expects) halves chroma both ways: sizes must be even.
+    if value % 2:
+        raise ValueError("must be an even number of pixels")
+    return value
+
+
+EvenPixels = Annotated[int, AfterValidator(_even)]
+"""A frame size in pixels that must be even; add range limits with ``Field``."""
+
+# The caps as field types, so a params model that cannot derive from MediaLimits
+# (its fields would move first in the manifest's ``params``) still declares them once.
+MaxDurationS = Annotated[float, Field(gt=0, description="longer inputs are rejected")]
+MaxInputPixels = Annotated[int, Field(gt=0, description="inputs with larger frames are rejected")]
+DEFAULT_MAX_DURATION_S = 4 * 3600
+DEFAULT_MAX_INPUT_PIXELS = 8192 * 8192
+
+
+class MediaLimits(HandlerParams):
+    """Caps every media route shares; inputs over them fail with an input error."""
+
+    max_duration_s: MaxDurationS = DEFAULT_MAX_DURATION_S
+    max_input_pixels: MaxInputPixels = DEFAULT_MAX_INPUT_PIXELS
+
+
+class DurationCap(Protocol):
+    """Params with a duration cap (every media route's)."""
+
+    @property
+    def max_duration_s(self) -> float: ...
+
+
+@runtime_checkable
+class FrameCaps(DurationCap, Protocol):
+    """Params with a duration and a frame-size cap (every route that reads video)."""
+
+    @property
+    def max_input_pixels(self) -> int: ...
+
+
+Needs = Literal["video", "audio", "video or audio"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbedInput:
+    info: MediaInfo
+    video: VideoStream | None  # within the caps; None only where the route needs no video
+    audio: AudioStream | None
+
+
+def probe_input(
+    ctx: HandlerContext,
+    route: str,
+    caps: DurationCap,
+    *,
+    needs: Needs,
+    audio_reason: str | None = None,
+    clock: Callable[[float], str] = hms,
+) -> ProbedInput:
+    """Probe the job's input, apply the route's caps and require the streams it needs.
+
+    ``needs="video"``: a video stream within ``caps`` (and, with ``audio_reason``, an
+    audio stream: the reason ends the error message). ``needs="audio"``: an audio
+    stream within the duration cap, shown with ``clock``. ``needs="video or audio"``:
+    either; a video stream, when there is one, must be within ``caps``. Anything
+    else is an :class:`InputError` with a one-line message.
+    """
+    if needs == "audio":
+        info = _probe(ctx)
+        got = "video only" if info.has_video else "no audio stream"
+        require_audio(info, route, f"needs a file with audio (got {got})")
+        check_duration(info, caps.max_duration_s, "audio", clock)
+        return ProbedInput(info, None, info.audio)
+    if not isinstance(caps, FrameCaps):  # a programming error: say so before any work
+        raise TypeError(f"the {route} route reads video: its params need max_input_pixels")
+    info = _probe(ctx)
+    video = None
+    if needs == "video or audio":
+        check_duration(info, caps.max_duration_s, clock=clock)
+    if needs == "video" or info.has_video:
+        video = require_video(
+            info, route, max_input_pixels=caps.max_input_pixels, max_duration_s=caps.max_duration_s
+        )
+    if audio_reason is not None:
+        require_audio(info, route, audio_reason)
+    return ProbedInput(info, video, info.audio)
+
+
+def _probe(ctx: HandlerContext) -> MediaInfo:
+    ctx.progress(0.0, "probe")
+    return probe(ctx.input_path, deadline=ctx.deadline)
+
+
+def coerce_params(params: HandlerParams, cls: type[P]) -> P:
+    """``params`` as ``cls`` (the runner already validated them; direct callers may not)."""
+    return params if isinstance(params, cls) else cls.model_validate(params.model_dump())
 
 
 def require_video(
@@ -66,21 +154,24 @@ def require_video(
     return video
 
 
-def require_audio(info: MediaInfo, route: str) -> AudioStream:
+def require_audio(info: MediaInfo, route: str, reason: str) -> AudioStream:
+    """The audio stream, or an InputError: "no audio stream: the <route> route <reason>"."""
     audio = info.audio
     if audio is None:
-        raise InputError(
-            f"no audio stream: the {route} route scores crowd noise and needs a video "
-            "with sound (this file is silent)"
-        )
+        raise InputError(f"no audio stream: the {route} route {reason}")
     return audio
 
 
-def check_duration(info: MediaInfo, max_duration_s: float, what: str = "file") -> None:
+def check_duration(
+    info: MediaInfo,
+    max_duration_s: float,
+    what: str = "file",
+    clock: Callable[[float], str] = hms,
+) -> None:
     if info.duration_s is not None and info.duration_s > max_duration_s:
         raise InputError(
-            f"the {what} is {hms(info.duration_s)} long; this route accepts at most "
-            f"{hms(max_duration_s)} (max_duration_s)"
+            f"the {what} is {clock(info.duration_s)} long; this route accepts at most "
+            f"{clock(max_duration_s)} (max_duration_s)"
         )
 
 

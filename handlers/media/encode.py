@@ -1,12 +1,14 @@
 """ffmpeg-python building blocks shared by the media handlers.
 
-- :func:`media_input`: an ffmpeg-python input with the hardening options
-  (``file:`` URL, protocol and demuxer whitelists) that ``handlers.media.ffmpeg_run``
-  requires; every graph starts here.
+Every graph starts at :func:`handlers.media.ffmpeg_run.media_input` (the hardened
+input); this module adds what the video routes share:
+
+- :data:`VideoQuality`, :data:`AacBitrate`: the encode params the video routes share.
 - :func:`prepare_video`: deinterlace, square pixels and HDR tone-mapping, so each
   route sees the picture viewers see.
 - :func:`encode_video`: run an H.264 encode with the probed encoder and fall back
   to libx264 at once if a hardware path fails on this input.
+- :func:`video_summary`: the facts of an encoded video for the manifest's ``result``.
 - :func:`font_file`: the font shipped in ``handlers/media/assets`` for text overlays.
 """
 
@@ -17,34 +19,29 @@ import shutil
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import ffmpeg
 import structlog
+from ffmpeg.nodes import FilterableStream
+from pydantic import Field
 
 from gpu.encoders import LIBX264, VideoEncoderChoice, choose_video_encoder, encoder_args
 from gpu.ffmpeg_binary import ffmpeg_filters, ffmpeg_version
 from handlers.exceptions import InputError, MediaToolError
-from handlers.media.ffmpeg_run import SAFE_DEMUXERS, FfmpegTimeoutError, file_url, run_ffmpeg
-from handlers.media.probe import VideoStream
+from handlers.media.ffmpeg_run import FfmpegTimeoutError, run_ffmpeg
+from handlers.media.probe import MediaInfo, VideoStream
 
 log = structlog.get_logger(__name__)
+
+# The encode settings every video route offers, declared once.
+VideoQuality = Annotated[
+    int | None, Field(ge=0, le=51, description="CRF (libx264) or CQ (NVENC); None: encoder default")
+]
+AacBitrate = Annotated[str, Field(pattern=r"^[1-9][0-9]{1,2}k$", description="AAC bitrate")]
 
 FONT_NAME = "DejaVuSans-Bold.ttf"
 # Paths that need no escaping inside a filter graph.
 _PLAIN_PATH = re.compile(r"^[A-Za-z0-9/._+-]+$")
-
-
-def media_input(path: Path, *, hw_args: list[str] | None = None, **options: Any) -> Any:
-    """An ffmpeg-python input for a local media file, hardened as run_ffmpeg expects."""
-    opts: dict[str, Any] = {
-        "protocol_whitelist": "file",
-        "format_whitelist": ",".join(SAFE_DEMUXERS),
-    }
-    hw = hw_args or []
-    opts.update({hw[i].lstrip("-"): hw[i + 1] for i in range(0, len(hw), 2)})
-    opts.update(options)
-    return ffmpeg.input(file_url(path), **opts)
 
 
 def can_tonemap() -> bool:
@@ -52,7 +49,9 @@ def can_tonemap() -> bool:
     return {"zscale", "tonemap"} <= ffmpeg_filters()
 
 
-def prepare_video(stream: Any, video: VideoStream, *, tonemap: bool = True) -> Any:
+def prepare_video(
+    stream: FilterableStream, video: VideoStream, *, tonemap: bool = True
+) -> FilterableStream:
     """Deinterlace and resample to square pixels; tone-map HDR when ``tonemap``."""
     if video.interlaced:
         stream = stream.filter("bwdif", mode="send_frame")
@@ -64,7 +63,7 @@ def prepare_video(stream: Any, video: VideoStream, *, tonemap: bool = True) -> A
     return stream
 
 
-def tonemap_to_sdr(stream: Any, video: VideoStream) -> Any:
+def tonemap_to_sdr(stream: FilterableStream, video: VideoStream) -> FilterableStream:
     # HLG/PQ (phone HDR) squeezed into 8-bit looks washed out: tone-map to BT.709
     # SDR. The input's transfer is given explicitly: zscale refuses frames whose
     # tags are incomplete.
@@ -79,11 +78,6 @@ def tonemap_to_sdr(stream: Any, video: VideoStream) -> Any:
     )
 
 
-def codec_kwargs(args: list[str]) -> dict[str, str]:
-    """Encoder options are "-name value" pairs; ffmpeg-python wants them as kwargs."""
-    return {args[i].lstrip("-"): args[i + 1] for i in range(0, len(args), 2)}
-
-
 def encode_video(
     *,
     device: str,
@@ -92,7 +86,6 @@ def encode_video(
     deadline: float,
     duration_s: float | None,
     progress: Callable[[float], None],
-    log_: Any = log,
 ) -> dict[str, Any]:
     """Run ``build(choice)`` through run_ffmpeg; return the facts for ``result.runtime``.
 
@@ -115,7 +108,7 @@ def encode_video(
         except MediaToolError as exc:
             if choice.codec == LIBX264 and choice.hwaccel is None:
                 raise
-            log_.warning("hw_encode_failed_retrying_cpu", error=str(exc), codec=choice.codec)
+            log.warning("hw_encode_failed_retrying_cpu", error=str(exc), codec=choice.codec)
             fallback = VideoEncoderChoice(
                 codec=LIBX264,
                 hwaccel=None,
@@ -129,6 +122,21 @@ def encode_video(
             path.unlink(missing_ok=True)
         raise
     return runtime
+
+
+def video_summary(out: MediaInfo, *, has_audio: bool = False) -> dict[str, Any]:
+    """Facts of an encoded video for the manifest's ``result`` (``has_audio`` adds that key)."""
+    v, a = out.video, out.audio
+    return {
+        "width": v.width if v else None,
+        "height": v.height if v else None,
+        "fps": v.fps if v else None,
+        "duration_s": None if out.duration_s is None else round(out.duration_s, 3),
+        "video_codec": v.codec if v else None,
+        **({"has_audio": out.has_audio} if has_audio else {}),
+        "audio_codec": a.codec if a else None,
+        "size_bytes": out.size_bytes,
+    }
 
 
 def font_file(work_dir: Path) -> Path:

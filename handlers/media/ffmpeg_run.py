@@ -1,12 +1,25 @@
-"""The one place dropgpu runs ffmpeg (DESIGN §8).
+"""The one place dropgpu runs ffmpeg (DESIGN §8), and where its commands get their inputs.
 
-Every handler builds an argument list and calls :func:`run_ffmpeg`, which:
+Commands are built with ffmpeg-python: every graph starts at :func:`media_input`,
+the one builder of a hardened input (a ``file:`` URL, ``-protocol_whitelist file``
+and a demuxer whitelist, see below), and ends in ``.get_args()``. Raw argv is
+kept only where ffmpeg-python cannot express the command:
+
+- the probe's ``ffmpeg -i file:...`` has no output at all (:func:`input_args` is
+  the raw form of the same hardened input);
+- a stem's encode (:func:`handlers.media.audio_io.encode_stem`) meters loudness
+  in a graph branch that ends in a sink filter (``ebur128,anullsink``), and
+  ffmpeg-python only compiles what feeds an output;
+- ``gpu.encoders``' capability probes sit below this toolkit and run the binary
+  themselves on lavfi generators and their own sample file, never on user input.
+
+Every command runs through :func:`run_ffmpeg`, which:
 
 - runs the binary from :func:`gpu.ffmpeg_binary.ffmpeg_exe` as an argv list (never
   a shell) with ``-nostdin -hide_banner -y``;
 - makes sure every real input is a ``file:`` URL opened under
   ``-protocol_whitelist file`` (a per-input option, so it goes before each ``-i``);
-  :func:`input_args` also restricts the demuxer to plain audio/video containers,
+  :func:`input_options` also restricts the demuxer to plain audio/video containers,
   because ffmpeg picks the demuxer from the *content*: a text file named
   ``clip.mp4`` that starts ``ffconcat version 1.0`` would otherwise be opened as a
   playlist of other local files;
@@ -28,12 +41,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
+import ffmpeg
 import structlog
+from ffmpeg.nodes import FilterableStream
 
 from gpu.ffmpeg_binary import ffmpeg_exe
 from handlers.exceptions import HandlerError, InputError, MediaToolError
+from infra.text import one_line
 
 log = structlog.get_logger(__name__)
 
@@ -89,16 +105,49 @@ def file_url(path: Path | str) -> str:
     return f"file:{Path(path).absolute()}"
 
 
+def input_options(format_whitelist: Sequence[str] | None = SAFE_DEMUXERS) -> dict[str, str]:
+    """The options every local input gets: the file protocol only, plain demuxers only.
+
+    ``format_whitelist`` names the demuxers allowed (None: no demuxer list, for an
+    input whose ``-f`` is forced); our own intermediate files name the one they need.
+    """
+    options = {"protocol_whitelist": "file"}
+    if format_whitelist:
+        options["format_whitelist"] = ",".join(format_whitelist)
+    return options
+
+
+def option_kwargs(args: Sequence[str]) -> dict[str, str]:
+    """``["-name", "value", ...]`` pairs as ffmpeg-python keyword options."""
+    return {args[i].lstrip("-"): args[i + 1] for i in range(0, len(args), 2)}
+
+
+def media_input(
+    path: Path | str,
+    *,
+    format_whitelist: Sequence[str] | None = SAFE_DEMUXERS,
+    hw_args: Sequence[str] = (),
+    **options: Any,
+) -> FilterableStream:
+    """An ffmpeg-python input for one local file, hardened as :func:`harden_args` expects.
+
+    ``hw_args`` are hardware-decoding input options as "-name value" pairs; other
+    ``options`` (``ss``, ``t``, ``f``, ...) go before ``-i`` as keyword options.
+    """
+    kwargs: dict[str, Any] = {**input_options(format_whitelist), **option_kwargs(hw_args)}
+    return ffmpeg.input(file_url(path), **kwargs, **options)
+
+
 def input_args(
     path: Path | str,
     *,
     format_whitelist: Sequence[str] | None = SAFE_DEMUXERS,
     options: Sequence[str] = (),
 ) -> list[str]:
-    """The options and ``-i`` for one local input file; ``options`` go before ``-i`` too."""
-    args = [*options, "-protocol_whitelist", "file"]
-    if format_whitelist:
-        args += ["-format_whitelist", ",".join(format_whitelist)]
+    """Raw argv form of :func:`media_input` for the probe; ``options`` go before ``-i``."""
+    args = list(options)
+    for name, value in input_options(format_whitelist).items():
+        args += [f"-{name}", value]
     return [*args, "-i", file_url(path)]
 
 
@@ -198,7 +247,7 @@ class _ProgressReader:
 
 
 def run_ffmpeg(
-    args: list[str],
+    args: Sequence[str],
     *,
     deadline: float | None,
     timeout: float | None = None,
@@ -398,13 +447,13 @@ def classify_failure(lines: Sequence[str]) -> FfmpegFailure:
     for pattern in _TOOL_PATTERNS:
         for ln, low in zip(cleaned, lowered, strict=True):
             if pattern in low:
-                return FfmpegFailure("tool", "ffmpeg failed", _one_line(ln), tail)
+                return FfmpegFailure("tool", "ffmpeg failed", _detail(ln), tail)
     for pattern, summary in _INPUT_PATTERNS:
         for ln, low in zip(cleaned, lowered, strict=True):
             if pattern in low:
-                return FfmpegFailure("input", summary, _one_line(ln), tail)
+                return FfmpegFailure("input", summary, _detail(ln), tail)
     detail = useful[-1] if useful else ""
-    return FfmpegFailure("tool", "ffmpeg failed", _one_line(detail), tail)
+    return FfmpegFailure("tool", "ffmpeg failed", _detail(detail), tail)
 
 
 def failure_error(returncode: int, lines: Sequence[str]) -> HandlerError:
@@ -418,9 +467,12 @@ def failure_error(returncode: int, lines: Sequence[str]) -> HandlerError:
     return MediaToolError(f"ffmpeg failed (exit {returncode}): {tail}")
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    # A scratch path tells the user nothing; keep the file name.
+def scrub(text: str) -> str:
+    """``text`` without what tells the user nothing: scratch paths (the file name stays)
+    and our own long demuxer whitelist."""
     text = re.sub(r"file:(/[^\s'\"]*/)([^/\s'\"]+)", r"\2", text)
-    text = re.sub(r"(not on whitelist) '[^']*'", r"\1", text)  # our own long list
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return re.sub(r"(not on whitelist) '[^']*'", r"\1", text)
+
+
+def _detail(line: str) -> str:
+    return one_line(scrub(line), 200)

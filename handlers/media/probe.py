@@ -22,7 +22,13 @@ from typing import Any, Literal
 import structlog
 
 from handlers.exceptions import InputError, MediaToolError
-from handlers.media.ffmpeg_run import FfmpegTimeoutError, classify_failure, input_args, run_ffmpeg
+from handlers.media.ffmpeg_run import (
+    FfmpegTimeoutError,
+    classify_failure,
+    input_args,
+    media_input,
+    run_ffmpeg,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -166,6 +172,8 @@ def probe(path: Path, *, timeout: float = 30, deadline: float | None = None) -> 
         raise InputError("not a media file ffmpeg can read: the file is empty (0 bytes)")
 
     started = time.monotonic()
+    # Raw argv: a command with no output (ffmpeg-python cannot build one); ffmpeg
+    # prints the input's streams and exits 1.
     result = run_ffmpeg(input_args(path), deadline=deadline, timeout=timeout, check=False)
     info = parse_probe_output(result.stderr_head, size)
     if info is None:
@@ -226,13 +234,14 @@ def _duration_from_packets(path: Path, timeout: float, deadline: float | None) -
     started = time.monotonic()
     # Stream copy to the null muxer reads every packet without decoding: fast. Raw
     # elementary streams (.h264) have no packet timestamps, so decode as a fallback.
-    for extra in (["-c", "copy"], []):
+    for extra in ({"c": "copy"}, {}):
         remaining = timeout - (time.monotonic() - started)
         if remaining <= 0:
             break
+        packets = media_input(path).output("-", f="null", **extra)
         try:
             result = run_ffmpeg(
-                [*input_args(path), *extra, "-f", "null", "-"],
+                packets.get_args(),
                 deadline=deadline,
                 timeout=remaining,
                 check=False,

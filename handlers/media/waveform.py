@@ -20,9 +20,10 @@ from typing import Any, Literal
 import ffmpeg
 import numpy as np
 import structlog
+from ffmpeg.nodes import FilterableStream, OutputStream
 from pydantic import Field
 
-from handlers.media.ffmpeg_run import file_url, input_args, run_ffmpeg
+from handlers.media.ffmpeg_run import file_url, media_input, run_ffmpeg
 from handlers.protocol import HandlerParams, OutputFile
 
 log = structlog.get_logger(__name__)
@@ -59,7 +60,9 @@ class PcmFormat:
         return cls(sample_rate=pps * spp, samples_per_point=spp)
 
 
-def pcm_output(audio: Any, path: Path, sample_rate: int, *, max_s: float | None = None) -> Any:
+def pcm_output(
+    audio: FilterableStream, path: Path, sample_rate: int, *, max_s: float | None = None
+) -> OutputStream:
     """An ffmpeg-python output writing ``audio`` as mono float32 PCM to ``path``."""
     opts: dict[str, Any] = {"f": "f32le", "acodec": "pcm_f32le", "ac": 1, "ar": sample_rate}
     if max_s is not None:
@@ -140,11 +143,16 @@ def encode_png(rgb: np.ndarray, out_path: Path, work_dir: Path, deadline: float)
     raw = work_dir / f"{out_path.stem}.rgb"
     raw.write_bytes(np.ascontiguousarray(rgb).tobytes())
     try:
-        source = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-video_size", f"{width}x{height}"]
         # Our own raw pixels: the only demuxer needed is rawvideo.
-        args = input_args(raw, format_whitelist=("rawvideo",), options=source)
-        run_ffmpeg([*args, "-frames:v", "1", "-update", "1", "-c:v", "png", file_url(out_path)],
-                   deadline=deadline)  # fmt: skip
+        source = media_input(
+            raw,
+            format_whitelist=("rawvideo",),
+            f="rawvideo",
+            pix_fmt="rgb24",
+            video_size=(width, height),
+        )
+        png = source.output(file_url(out_path), **{"frames:v": 1, "update": 1, "c:v": "png"})
+        run_ffmpeg(png.get_args(), deadline=deadline)
     finally:
         raw.unlink(missing_ok=True)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import ffmpeg
+
 from handlers.media.ffmpeg_run import file_url, run_ffmpeg
 from watcher.exceptions import WatcherError
 
@@ -16,13 +18,15 @@ def write_sample_clip(path: Path, *, seconds: float = 10.0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the target and rename, so a running watcher never sees half a file.
     tmp = path.with_name(f".{path.name}.sample.tmp{path.suffix}")
-    args = [
-        "-f", "lavfi", "-i", f"testsrc2=size=1280x720:rate=25:duration={seconds}",
-        "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
-        "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
-        "-c:a", "aac", "-b:a", "128k", "-shortest", "-movflags", "+faststart",
+    picture = ffmpeg.input(f"testsrc2=size=1280x720:rate=25:duration={seconds}", f="lavfi")
+    tone = ffmpeg.input(f"sine=frequency=440:sample_rate=48000:duration={seconds}", f="lavfi")
+    clip = ffmpeg.output(
+        picture,
+        tone,
         file_url(tmp),
-    ]  # fmt: skip
-    run_ffmpeg(args, deadline=time.monotonic() + 120)
+        **{"c:v": "libx264", "preset": "veryfast", "pix_fmt": "yuv420p"},
+        **{"c:a": "aac", "b:a": "128k", "shortest": None, "movflags": "+faststart"},
+    )
+    run_ffmpeg(clip.get_args(), deadline=time.monotonic() + 120)
     tmp.replace(path)
     return path
