@@ -15,7 +15,7 @@ class DeviceInfo:
     reason: str = ""
 
 
-def _nvidia_driver_present() -> bool:
+def nvidia_driver_present() -> bool:
     # Cheap check that avoids importing torch (seconds) on machines with no GPU.
     return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia").exists()
 
@@ -26,7 +26,7 @@ def select_device(preference: str | None = None) -> DeviceInfo:
     preference = (preference or os.environ.get("DROPGPU_DEVICE") or "auto").lower()
     if preference == "cpu":
         return DeviceInfo("cpu", reason="forced by DROPGPU_DEVICE/--device")
-    if preference == "auto" and not _nvidia_driver_present():
+    if preference == "auto" and not nvidia_driver_present():
         return DeviceInfo("cpu", reason="no NVIDIA driver found")
     try:
         import torch

@@ -2,15 +2,19 @@
 
 One snapshot = one paginated LIST per route prefix (in parallel), one of
 _dropgpu/done/ and one of _dropgpu/claims/. No per-object HEAD or GET: every
-fact the tick needs is in key names and LastModified.
+fact the tick needs to decide is in key names and LastModified.
 
 This is the one reader of the claim protocol (its writer: handlers/jobs/claims.py).
 ``take_snapshot`` does the listing; ``build_snapshot`` and ``classify`` are pure.
+Two claim *bodies* are read on demand, here too: the last failure record when
+the tick gives a job up (``last_error``) and running jobs' heartbeats for
+``dropgpu status`` (``read_progress``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +23,7 @@ from enum import StrEnum
 
 from handlers.contract.keys import CLAIMS, DONE, FAILED, ClaimKind, JobRef, parse_claim_key
 from infra.storage.bucket import Bucket, Listing, ObjectInfo
+from infra.storage.errors import BucketError
 from watcher.config import Config, RouteConfig
 from watcher.ignore import ignore_reason
 
@@ -194,3 +199,36 @@ def classify(
             DecisionState.GIVE_UP, ref, obj, next_attempt=newest.number, claims=job_claims
         )
     return Decision(DecisionState.CLAIMABLE, ref, obj, next_attempt=next_attempt, claims=job_claims)
+
+
+# -- claim bodies, read on demand ----------------------------------------------------------
+
+PROGRESS_FIELDS = ("phase", "progress", "attempt", "owner", "updated_at")
+
+
+async def last_error(bucket: Bucket, decision: Decision) -> str:
+    """The message of the newest failure record (one GET), for a give-up manifest."""
+    newest = decision.claims.newest if decision.claims else None
+    if newest and newest.failure_key:
+        try:
+            return json.loads(await bucket.get_bytes(newest.failure_key)).get("message", "")
+        except (BucketError, ValueError):
+            return "the last attempt failed (its error record could not be read)"
+    return "the worker stopped heartbeating (crashed, killed or out of memory)"
+
+
+async def read_progress(bucket: Bucket, claim_keys: Iterable[str]) -> list[dict[str, object]]:
+    """The heartbeat fields of each claim (one GET each, in parallel); {} where unreadable."""
+    keys = list(claim_keys)
+    bodies = await asyncio.gather(*(bucket.get_bytes(k) for k in keys), return_exceptions=True)
+    out: list[dict[str, object]] = []
+    for body in bodies:
+        fields: dict[str, object] = {}
+        if isinstance(body, bytes):
+            try:
+                data = json.loads(body)
+                fields = {k: data.get(k) for k in PROGRESS_FIELDS}
+            except (ValueError, AttributeError):
+                pass
+        out.append(fields)
+    return out

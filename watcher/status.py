@@ -16,7 +16,7 @@ from handlers.jobs.claims import reset_job
 from infra.storage.bucket import Bucket
 from infra.storage.errors import BucketError
 from watcher.config import Config
-from watcher.state import DecisionState, classify, take_snapshot
+from watcher.state import DecisionState, classify, read_progress, take_snapshot
 
 
 @dataclass(slots=True)
@@ -69,23 +69,9 @@ async def collect_status(
                 st.pending += 1
     if progress and running_claims:
         # Progress lives in claim bodies: GETs only for running jobs, only here.
-        bodies = await asyncio.gather(
-            *(bucket.get_bytes(key) for _, _, key in running_claims), return_exceptions=True
-        )
-        for (st, input_key, _), body in zip(running_claims, bodies, strict=True):
-            info: dict[str, Any] = {"key": input_key}
-            if isinstance(body, bytes):
-                try:
-                    data = json.loads(body)
-                    info.update(
-                        {
-                            k: data.get(k)
-                            for k in ("phase", "progress", "attempt", "owner", "updated_at")
-                        }
-                    )
-                except ValueError:
-                    pass
-            st.running_jobs.append(info)
+        heartbeats = await read_progress(bucket, (key for _, _, key in running_claims))
+        for (st, input_key, _), fields in zip(running_claims, heartbeats, strict=True):
+            st.running_jobs.append({"key": input_key, **fields})
     if cost:
         await _add_costs(bucket, out, snapshot.done)
     return out

@@ -8,7 +8,6 @@ attempt, whatever the others do.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from handlers.jobs.webhooks import notify_in_background
 from infra.storage.bucket import Bucket, ObjectInfo
 from infra.storage.errors import BucketError
 from watcher.config import Config, RouteConfig
-from watcher.state import Decision, DecisionState, classify, take_snapshot
+from watcher.state import Decision, DecisionState, classify, last_error, take_snapshot
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
 
@@ -97,20 +96,10 @@ async def _try_claim(
     return None
 
 
-async def _last_error(bucket: Bucket, d: Decision) -> str:
-    newest = d.claims.newest if d.claims else None
-    if newest and newest.failure_key:
-        try:
-            return json.loads(await bucket.get_bytes(newest.failure_key)).get("message", "")
-        except (BucketError, ValueError):
-            return "the last attempt failed (its error record could not be read)"
-    return "the worker stopped heartbeating (crashed, killed or out of memory)"
-
-
 async def _give_up(bucket: Bucket, config: Config, route: RouteConfig, d: Decision) -> bool:
     assert d.ref is not None and d.obj is not None
     spec = make_job_spec(config, route, d.ref, d.obj, d.next_attempt, iso(utc_now()) or "")
-    message = await _last_error(bucket, d)
+    message = await last_error(bucket, d)
     used = d.claims.attempts_used if d.claims else d.next_attempt
     manifest = failed_manifest(
         spec, "gave_up", f"gave up after {used} attempts: {message}", device=None, worker="watcher"

@@ -15,15 +15,13 @@ from typing import Any
 
 import structlog
 
-from infra.deploy.settings import DeploySettings, deploy_settings
+from infra.deploy.settings import CONFIG_ENV, DeploySettings, deploy_settings
 from watcher.cli.errors import ExitCode, one_line_errors
 from watcher.cli.options import add_command, config_option
 from watcher.config import Config, config_file, load_config
 
 log = structlog.get_logger(__name__)
 APP_MODULE = "infra.deploy.modal_app"
-# Read by the app module at import, locally and in its containers (modal_app.CONFIG_ENV).
-CONFIG_ENV = "DROPGPU_CONFIG"
 
 
 def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -32,8 +32,8 @@ import modal
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from infra.deploy.settings import IMAGES as IMAGE_RECIPES
 from infra.deploy.settings import (
+    CONFIG_ENV,
     LOCAL_PACKAGES,
     MODEL_DIR,
     PYTHON_VERSION,
@@ -45,6 +45,7 @@ from infra.deploy.settings import (
     deploy_settings,
     effective_config,
 )
+from infra.deploy.settings import IMAGES as IMAGE_RECIPES
 from infra.pricing import gpu_runtime
 from watcher.config import Config, config_file, load_config
 
@@ -53,7 +54,6 @@ if TYPE_CHECKING:  # imported lazily below: importing this module stays light
     from infra.storage.bucket import Bucket
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
-CONFIG_ENV = "DROPGPU_CONFIG"
 # spawn(class_name, job_spec_dict): start one job without waiting for it.
 Spawn = Callable[[str, dict[str, Any]], Any]
 

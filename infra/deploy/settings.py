@@ -34,6 +34,8 @@ WATCHER_TIMEOUT_S = 300
 MODEL_DIR = "/models"
 SCRATCH_DIR = "/tmp/dropgpu-scratch"
 REMOTE_CONFIG_PATH = "/root/dropgpu.toml"
+# The routes file the app module reads at import, locally and in its containers.
+CONFIG_ENV = "DROPGPU_CONFIG"
 # Every key the bucket Secret must hold; Modal checks them at deploy time.
 REQUIRED_SECRET_KEYS: tuple[str, ...] = (
     "DROPGPU_BUCKET",

@@ -36,14 +36,13 @@ class WorkerOptions:
     endpoint_url: str | None
     scratch_root: str
     device: str | None = None
-    log_json: bool | None = None
 
 
 def default_worker_count() -> int:
     """One per GPU when CUDA is visible, else about half the cores (ffmpeg threads itself)."""
-    from gpu.device import _nvidia_driver_present
+    from gpu.device import nvidia_driver_present
 
-    if _nvidia_driver_present():
+    if nvidia_driver_present():
         try:
             import torch
 
@@ -70,7 +69,8 @@ def _worker_main(index: int, options: WorkerOptions, tasks: Tasks, results: Resu
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from infra.log import configure_logging
 
-    configure_logging(json=options.log_json)
+    # The CLI's --log-format/--log-level reach workers through DROPGPU_LOG_* env vars.
+    configure_logging()
     asyncio.run(_worker_loop(index, options, tasks, results))
 
 
