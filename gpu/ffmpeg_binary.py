@@ -63,20 +63,27 @@ def ffmpeg_exe() -> str:
     raise FfmpegNotFoundError(f"no ffmpeg binary found: {_INSTALL_HINT}")
 
 
-@cache
-def ffmpeg_version() -> str:
-    """Version string of :func:`ffmpeg_exe`, e.g. ``"n7.1"`` or ``"6.1.1-3ubuntu5"``."""
+def _ffmpeg_query(flag: str) -> str | None:
+    """stdout of ``ffmpeg <flag>`` (e.g. ``-version``), or None (logged) when it cannot run."""
     exe = ffmpeg_exe()
     try:
-        out = subprocess.run(
-            [exe, "-hide_banner", "-nostdin", "-version"],
+        return subprocess.run(
+            [exe, "-hide_banner", "-nostdin", flag],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=20,
             check=False,
         ).stdout.decode("utf-8", "replace")
     except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("ffmpeg_version_failed", path=exe, error=str(exc))
+        log.warning(f"ffmpeg_{flag.lstrip('-')}_failed", path=exe, error=str(exc))
+        return None
+
+
+@cache
+def ffmpeg_version() -> str:
+    """Version string of :func:`ffmpeg_exe`, e.g. ``"n7.1"`` or ``"6.1.1-3ubuntu5"``."""
+    out = _ffmpeg_query("-version")
+    if out is None:
         return "unknown"
     first = out.splitlines()[0] if out else ""
     # "ffmpeg version n7.1-... Copyright (c) ..."
@@ -89,16 +96,8 @@ def ffmpeg_version() -> str:
 @cache
 def ffmpeg_filters() -> frozenset[str]:
     """Names of the filters :func:`ffmpeg_exe` was built with (e.g. ``zscale`` needs libzimg)."""
-    try:
-        out = subprocess.run(
-            [ffmpeg_exe(), "-hide_banner", "-nostdin", "-filters"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=20,
-            check=False,
-        ).stdout.decode("utf-8", "replace")
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("ffmpeg_filters_failed", error=str(exc))
+    out = _ffmpeg_query("-filters")
+    if out is None:
         return frozenset()
     # Lines look like " TS bwdif             V->V       Deinterlace the input image."
     names = set()
