@@ -353,7 +353,7 @@ async def _read_item(bucket: Bucket, key: str, time_: datetime) -> FeedItem | No
     except ObjectNotFound:
         return None  # expired by a lifecycle rule between LIST and GET
     except ValidationError as exc:
-        log.warning("skipping unreadable feed record", key=key, error=str(exc).splitlines()[0])
+        log.warning("feed_record_unreadable_skipped", key=key, error=str(exc).splitlines()[0])
         return None
     return FeedItem(
         key=key,
