@@ -20,7 +20,7 @@ from handlers.contract.manifest import iso, utc_now
 from handlers.jobs.claims import create_claim
 from handlers.jobs.commit import commit, repair
 from handlers.jobs.manifests import failed_manifest
-from handlers.jobs.spec import JobSpec, RetryPolicy
+from handlers.jobs.spec import JobSpec, RetryPolicy, job_log_context
 from handlers.jobs.webhooks import notify_in_background
 from infra.storage.bucket import Bucket, ObjectInfo
 from infra.storage.errors import BucketError
@@ -112,11 +112,6 @@ async def _give_up(bucket: Bucket, config: Config, route: RouteConfig, d: Decisi
     return won
 
 
-def _job_context(ref: JobRef) -> dict[str, str]:
-    """The job's log context (the runner adds attempt and worker)."""
-    return {"route": ref.route, "key": ref.input_key, "etag": ref.etag, "job_id": ref.job_id}
-
-
 def _soonest(current: float | None, wait: float) -> float:
     wait = max(0.0, wait)
     return wait if current is None else min(current, wait)
@@ -148,7 +143,7 @@ async def run_tick(
     for route, d in maintenance:
         assert d.ref is not None
         # The commit's (and a give-up webhook's) lines carry the job, as in the runner.
-        with structlog.contextvars.bound_contextvars(**_job_context(d.ref)):
+        with structlog.contextvars.bound_contextvars(**job_log_context(d.ref)):
             try:
                 if d.state == DecisionState.REPAIR:
                     await repair(bucket, d.ref)
@@ -180,7 +175,7 @@ async def run_tick(
             assert d.ref is not None
             # Dispatch runs in this context too: a failed spawn's release names the job.
             with structlog.contextvars.bound_contextvars(
-                **_job_context(d.ref), attempt=d.next_attempt
+                **job_log_context(d.ref, attempt=d.next_attempt)
             ):
                 if isinstance(res, BaseException):
                     log.warning("claim_failed", error=str(res))

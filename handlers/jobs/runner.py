@@ -42,7 +42,7 @@ from handlers.jobs.lease import Lease, LeaseLost
 from handlers.jobs.manifests import build_manifest, failed_manifest
 from handlers.jobs.outcome import JobOutcome, JobStatus
 from handlers.jobs.retry import with_storage_retries
-from handlers.jobs.spec import JobSpec
+from handlers.jobs.spec import JobSpec, bound_to_job
 from handlers.jobs.webhooks import notify_in_background
 from handlers.protocol import Handler, HandlerContext, HandlerParams, HandlerResult, OutputFile
 from handlers.registry import get_handler
@@ -85,15 +85,7 @@ class JobRunner:
         self.cache = cache if cache is not None else {}
 
     async def run(self, job: JobSpec) -> JobOutcome:
-        ref = job.ref
-        with structlog.contextvars.bound_contextvars(
-            route=job.route,
-            key=ref.input_key,
-            etag=job.etag,
-            attempt=job.attempt,
-            worker=self.worker_name,
-            job_id=ref.job_id,
-        ):
+        with bound_to_job(job, self.worker_name):
             return await self._run(job)
 
     async def _run(self, job: JobSpec) -> JobOutcome:

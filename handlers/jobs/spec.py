@@ -7,9 +7,12 @@ settings, never file bytes.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
+
+import structlog
 
 from handlers.contract.keys import JobRef
 
@@ -62,3 +65,27 @@ class JobSpec:
 
 def parse_iso(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def job_log_context(
+    ref: JobRef, *, attempt: int | None = None, worker: str | None = None
+) -> dict[str, object]:
+    """The fields every log line about one job carries (bound with ``bound_contextvars``)."""
+    fields: dict[str, object] = {
+        "route": ref.route,
+        "key": ref.input_key,
+        "etag": ref.etag,
+        "job_id": ref.job_id,
+    }
+    if attempt is not None:
+        fields["attempt"] = attempt
+    if worker is not None:
+        fields["worker"] = worker
+    return fields
+
+
+def bound_to_job(spec: JobSpec, worker: str) -> contextlib.AbstractContextManager[None]:
+    """Bind one claimed attempt's log context for the ``with`` block."""
+    return structlog.contextvars.bound_contextvars(
+        **job_log_context(spec.ref, attempt=spec.attempt, worker=worker)
+    )

@@ -19,7 +19,7 @@ from structlog.typing import FilteringBoundLogger
 from handlers.jobs.claims import release_claim
 from handlers.jobs.failures import record_transient_failure
 from handlers.jobs.outcome import JobOutcome, JobStatus
-from handlers.jobs.spec import JobSpec
+from handlers.jobs.spec import JobSpec, bound_to_job
 from handlers.jobs.webhooks import drain_notifications
 from infra.storage.bucket import Bucket
 from infra.storage.errors import BucketConfigError, BucketError
@@ -63,15 +63,7 @@ async def _release(bucket: Bucket, jobs: list[JobSpec]) -> int:
 
 async def _worker_died(bucket: Bucket, spec: JobSpec, exitcode: int | None) -> JobOutcome:
     """The job of a dead worker failed transiently: retry it (or give up), as the runner would."""
-    ref = spec.ref
-    with structlog.contextvars.bound_contextvars(
-        route=spec.route,
-        key=ref.input_key,
-        etag=spec.etag,
-        attempt=spec.attempt,
-        worker="watcher",
-        job_id=ref.job_id,
-    ):
+    with bound_to_job(spec, "watcher"):
         return await record_transient_failure(
             bucket,
             spec,
