@@ -286,6 +286,6 @@ max_attempts = 1
     silent_error = manifests["silent.mp4"]["error"]
     assert silent_error == {
         "kind": "input",
-        "message": "no audio stream: the loudness route needs a file with sound",
+        "message": "no audio stream: the loudness route needs a file with audio (got video only)",
     }
     assert manifests["notes.mp3"]["error"]["kind"] == "input"

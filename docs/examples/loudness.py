@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar
 
+import ffmpeg
 from pydantic import Field
 
-from handlers.exceptions import InputError
 from handlers.media.audio_io import parse_ebur128
-from handlers.media.checks import MediaLimits, check_complete, check_duration, coerce_params
-from handlers.media.ffmpeg_run import input_args, run_ffmpeg
-from handlers.media.probe import probe
+from handlers.media.checks import MediaLimits, check_complete, coerce_params, probe_input
+from handlers.media.ffmpeg_run import media_input, run_ffmpeg
 from handlers.protocol import HandlerContext, HandlerParams, HandlerResult, OutputFile
 
 REPORT = "loudness.json"
@@ -42,18 +41,16 @@ class LoudnessHandler:
 
     def run(self, ctx: HandlerContext) -> HandlerResult:
         params = coerce_params(ctx.params, LoudnessParams)
-        ctx.progress(0.0, "probe")
-        info = probe(ctx.input_path, deadline=ctx.deadline)  # not media: InputError
-        if info.audio is None:
-            raise InputError("no audio stream: the loudness route needs a file with sound")
-        check_duration(info, params.max_duration_s)
+        # Probe (not media: InputError), require an audio stream, apply the duration cap.
+        probed = probe_input(ctx, self.name, params, needs="audio")
+        info, audio = probed.info, probed.audio
+        assert audio is not None  # needs="audio"
 
         # Decode the audio once through the ebur128 meter; the output is discarded.
-        args = [
-            *input_args(ctx.input_path),
-            *("-map", f"0:{info.audio.index}"),
-            *("-af", "ebur128=framelog=quiet:peak=sample", "-f", "null", "-"),
-        ]
+        meter = media_input(ctx.input_path)[str(audio.index)].filter(
+            "ebur128", framelog="quiet", peak="sample"
+        )
+        args = ffmpeg.output(meter, "-", f="null").get_args()
         result = run_ffmpeg(
             args,
             deadline=ctx.deadline,
