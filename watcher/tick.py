@@ -19,9 +19,8 @@ from handlers.contract.keys import JobRef
 from handlers.contract.manifest import iso, utc_now
 from handlers.jobs.claims import create_claim
 from handlers.jobs.commit import commit, repair
-from handlers.jobs.manifests import failed_manifest
+from handlers.jobs.manifests import gave_up_manifest
 from handlers.jobs.spec import JobSpec, RetryPolicy, job_log_context
-from handlers.jobs.webhooks import notify_in_background
 from infra.storage.bucket import Bucket, ObjectInfo
 from infra.storage.errors import BucketError
 from watcher.config import Config, RouteConfig
@@ -101,15 +100,11 @@ async def _give_up(bucket: Bucket, config: Config, route: RouteConfig, d: Decisi
     spec = make_job_spec(config, route, d.ref, d.obj, d.next_attempt, iso(utc_now()) or "")
     message = await last_error(bucket, d)
     used = d.claims.attempts_used if d.claims else d.next_attempt
-    manifest = failed_manifest(
-        spec, "gave_up", f"gave up after {used} attempts: {message}", device=None, worker="watcher"
+    manifest = gave_up_manifest(spec, used, message, device=None, worker="watcher")
+    # Consumers hear about give-ups too; the caller drains pending deliveries.
+    return await commit(
+        bucket, d.ref, manifest.to_json_bytes(), failed=True, notify_url=route.notify_url
     )
-    body = manifest.to_json_bytes()
-    won = await commit(bucket, d.ref, body, failed=True)
-    if won:
-        # Consumers hear about give-ups too; the caller drains pending deliveries.
-        notify_in_background(bucket, d.ref, body, route.notify_url)
-    return won
 
 
 def _soonest(current: float | None, wait: float) -> float:

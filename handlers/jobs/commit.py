@@ -25,6 +25,7 @@ from handlers.contract.feed import build_feed_record
 from handlers.contract.keys import JobRef
 from handlers.jobs.claims import delete_claims
 from handlers.jobs.retry import with_storage_retries
+from handlers.jobs.webhooks import notify_in_background
 from infra.storage.bucket import Bucket
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
@@ -97,12 +98,24 @@ async def _publish_and_clean(
     await delete_claims(bucket, ref)
 
 
-async def commit(bucket: Bucket, ref: JobRef, manifest_bytes: bytes, *, failed: bool) -> bool:
-    """Fence then publish. False means another attempt already committed this job."""
+async def commit(
+    bucket: Bucket,
+    ref: JobRef,
+    manifest_bytes: bytes,
+    *,
+    failed: bool,
+    notify_url: str | None = None,
+) -> bool:
+    """Fence then publish. False means another attempt already committed this job.
+
+    A won commit starts the route's webhook (``notify_url``) in the background;
+    it never fails the job, and the caller drains pending deliveries before exit.
+    """
     won = await with_storage_retries(lambda: bucket.create_if_absent(ref.done_key, manifest_bytes))
     if not won:
         return False
     await _publish_and_clean(bucket, ref, manifest_bytes, failed)
+    notify_in_background(bucket, ref, manifest_bytes, notify_url)
     return True
 
 

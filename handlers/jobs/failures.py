@@ -17,11 +17,10 @@ from structlog.typing import FilteringBoundLogger
 from gpu.device import DeviceInfo
 from handlers.jobs.claims import record_failure
 from handlers.jobs.commit import commit
-from handlers.jobs.manifests import failed_manifest
+from handlers.jobs.manifests import gave_up_manifest
 from handlers.jobs.outcome import JobOutcome, JobStatus
 from handlers.jobs.retry import backoff_delay
 from handlers.jobs.spec import JobSpec
-from handlers.jobs.webhooks import notify_in_background
 from infra.storage.bucket import Bucket
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
@@ -41,18 +40,17 @@ async def record_transient_failure(
     policy = job.retry
     try:
         if job.attempt >= policy.max_attempts:
-            manifest = failed_manifest(
+            manifest = gave_up_manifest(
                 job,
-                "gave_up",
-                f"gave up after {job.attempt} attempts: {message}",
+                job.attempt,
+                message,
                 device=device,
                 worker=worker,
                 started_at=started_at,
                 timings=timings,
             )
-            won = await commit(bucket, job.ref, manifest.to_json_bytes(), failed=True)
-            if won:  # webhook, as in JobRunner._commit
-                notify_in_background(bucket, job.ref, manifest.to_json_bytes(), job.notify_url)
+            body = manifest.to_json_bytes()
+            won = await commit(bucket, job.ref, body, failed=True, notify_url=job.notify_url)
             log.warning("gave_up", attempts=job.attempt, committed=won)
             return JobOutcome(
                 JobStatus.FAILED if won else JobStatus.FENCED,

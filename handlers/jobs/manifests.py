@@ -115,3 +115,25 @@ def failed_manifest(
         handler=ident,
         error=ErrorInfo(kind=kind, message=one_line(message, 1000)),
     )
+
+
+def gave_up_manifest(
+    job: JobSpec,
+    attempts: int,
+    last_error: str,
+    *,
+    device: DeviceInfo | None,
+    worker: str,
+    started_at: datetime | None = None,
+    timings: dict[str, float | None] | None = None,
+) -> Manifest:
+    """The failed manifest of a job that used up its attempts: "gave up after n attempts: ..."."""
+    return failed_manifest(
+        job,
+        "gave_up",
+        f"gave up after {attempts} attempts: {last_error}",
+        device=device,
+        worker=worker,
+        started_at=started_at,
+        timings=timings,
+    )

@@ -43,7 +43,6 @@ from handlers.jobs.manifests import build_manifest, failed_manifest
 from handlers.jobs.outcome import JobOutcome, JobStatus
 from handlers.jobs.retry import with_storage_retries
 from handlers.jobs.spec import JobSpec, bound_to_job
-from handlers.jobs.webhooks import notify_in_background
 from handlers.protocol import Handler, HandlerContext, HandlerParams, HandlerResult, OutputFile
 from handlers.registry import get_handler
 from infra.hashing import sha256_and_size
@@ -307,12 +306,11 @@ class JobRunner:
 
     async def _commit(self, job: JobSpec, manifest: Manifest, handler_ran: bool) -> JobOutcome:
         failed = manifest.status == "failed"
-        won = await commit(self.bucket, job.ref, manifest.to_json_bytes(), failed=failed)
+        body = manifest.to_json_bytes()
+        won = await commit(self.bucket, job.ref, body, failed=failed, notify_url=job.notify_url)
         if not won:  # another attempt committed first: no manifest from this one
             log.warning("job_fenced")
             return JobOutcome(JobStatus.FENCED, handler_ran=handler_ran)
-        # Webhook: started after the commit, in the background; it never fails the job.
-        notify_in_background(self.bucket, job.ref, manifest.to_json_bytes(), job.notify_url)
         log.info(
             "job_committed",
             status=manifest.status,

@@ -10,8 +10,9 @@
   than 429) or a redirect is final. Total time is bounded (30 s by default).
 - A delivery record goes to ``_dropgpu/webhooks/<job id>.json``.
 
-Delivery never blocks or fails the job: the runner starts it with
-``notify_in_background`` after the commit returned, and the worker drains the
+Delivery never blocks or fails the job: a won commit (handlers/jobs/commit.py)
+starts it with ``notify_in_background`` once the manifest is published, and the
+worker drains the
 pending deliveries (``drain_notifications``) before it exits. Webhooks are a
 low-latency hint, at most once per commit; the completion feed is the reliable
 channel (docs/consumers.md).
