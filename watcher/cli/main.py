@@ -234,14 +234,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _configure_logging(args: argparse.Namespace) -> None:
     """Flags win over $DROPGPU_LOG_LEVEL / $DROPGPU_LOG_FORMAT; --log-level wins over -v."""
     level = args.log_level or ("DEBUG" if args.verbose else None)
-    # Exported so that spawned worker processes (watcher/local/pool.py) log the same way.
+    # Through the environment, which configure_logging reads, so that the spawned
+    # worker processes (watcher/local/pool.py) log the same way as this one.
     if level:
         os.environ[LEVEL_ENV] = level
     if args.log_format:
         os.environ[FORMAT_ENV] = args.log_format
-    configure_logging(
-        level=level, json=None if args.log_format is None else args.log_format == "json"
-    )
+    configure_logging()
 
 
 @one_line_errors()
