@@ -22,6 +22,22 @@ class ObjectInfo:
     last_modified: datetime  # timezone-aware UTC
 
 
+@dataclass(frozen=True, slots=True)
+class SkippedEntry:
+    """Something under a listed prefix that can never be an object, and why.
+
+    Only a folder bucket has these (S3 keys are always objects): a file whose name
+    cannot be a key (newline, backslash, control character, bytes that are not
+    UTF-8), a symlink, a FIFO or device, a symlink loop, a folder it may not read.
+    The listing reports them instead of failing or dropping them silently, so the
+    operator can see them in ``dropgpu status``.
+    """
+
+    name: str  # path relative to the bucket root, printable (odd characters escaped)
+    kind: str  # "unaddressable_name" | "symlink" | "special_file" | "unreadable" | ...
+    reason: str  # one line for a person: what is wrong and what to do
+
+
 @dataclass(slots=True)
 class Listing:
     objects: list[ObjectInfo]
@@ -29,6 +45,7 @@ class Listing:
     # measured against it, so a skewed local clock cannot expire a live lease.
     server_time: datetime
     requests: int = 1
+    skipped: list[SkippedEntry] = field(default_factory=list)
 
 
 @dataclass(slots=True)
