@@ -98,6 +98,33 @@ class Handler(Protocol):
     def run(self, ctx: HandlerContext) -> HandlerResult: ...
 
 
+def protocol_problem(obj: object) -> str | None:
+    """Why ``obj`` (a handler class or instance) does not implement :class:`Handler`, or None.
+
+    Reads attributes only: a route's ``"module:Attribute"`` is checked before the
+    registry instantiates anything, so a config naming an arbitrary class (say
+    ``subprocess:Popen``) is refused without running its constructor.
+    """
+    members = {m: getattr(obj, m, None) for m in ("name", "version", "Params", "extensions", "run")}
+    missing = [m for m, value in members.items() if value is None]
+    if missing:
+        return f"has no {', '.join(repr(m) for m in missing)}"
+    for member in ("name", "version"):
+        if not isinstance(members[member], str) or not members[member]:
+            return f"its {member!r} must be a non-empty string"
+    params = members["Params"]
+    if not (isinstance(params, type) and issubclass(params, HandlerParams)):
+        return "its 'Params' must be a subclass of handlers.protocol.HandlerParams"
+    extensions = members["extensions"]
+    if not isinstance(extensions, frozenset | set) or not all(
+        isinstance(ext, str) for ext in extensions
+    ):
+        return "its 'extensions' must be a frozenset of extensions like '.mp4'"
+    if not callable(members["run"]):
+        return "its 'run' must be a method"
+    return None
+
+
 def no_models(params: HandlerParams) -> list[str]:
     """The ``required_models`` of a handler that declares none."""
     return []

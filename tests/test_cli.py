@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,6 +178,38 @@ def test_out_of_range_values_are_one_line_exit_2(
     assert main(argv) == ExitCode.USAGE
     err = capsys.readouterr().err
     assert err.startswith(f"dropgpu: {message}") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("route", "message"),
+    [
+        ('handler = "subprocess:Popen"', "routes.x: handler: 'subprocess:Popen' does not"),
+        (
+            'handler = "vertical"\nnotify_url = "http://127.0.0.1:99999/x"',
+            "routes.x: notify_url: Value error, its port is out of range (1-65535)",
+        ),
+    ],
+)
+def test_a_bad_handler_or_webhook_url_is_a_config_error_not_a_traceback(
+    tmp_path: Path, route: str, message: str
+) -> None:
+    # In a real process: what a user sees, whatever in-process state a test has.
+    cfg = tmp_path / "dropgpu.toml"
+    cfg.write_text(f"[routes.x]\n{route}\n")
+    for command in (["status"], ["watch", "--once"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "watcher.cli", *command, "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        assert done.returncode == ExitCode.USAGE, done.stderr
+        assert "Traceback" not in done.stderr
+        assert done.stderr.startswith(f"dropgpu: {cfg}: {message}")
+        assert done.stderr.count("\n") == 1
+        assert not (tmp_path / "bucket").exists()  # stopped before touching the bucket
 
 
 def test_unparsable_values_stay_argparse_usage_errors(capsys: pytest.CaptureFixture) -> None:

@@ -19,6 +19,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -45,7 +46,7 @@ class RouteConfig(BaseModel):
     timeout_seconds: float = Field(default=3_600.0, gt=0, le=86_400)
     enabled: bool = True
     # Optional webhook: POST the manifest here when a job of this route commits.
-    notify_url: str | None = Field(default=None, pattern=r"^https?://")
+    notify_url: str | None = None
     # Distributed mode (Modal) only; None means what the handler declares (its
     # modal_image, and the [modal] GPU for its gpu_kind).
     # gpu is a Modal GPU spec ("L4", "A10G", "H100:2") or "none" for a CPU container.
@@ -63,6 +64,14 @@ class RouteConfig(BaseModel):
             return "none"
         parse_gpu(v)  # ValueError -> one-line config error naming routes.X.gpu
         return v.strip()
+
+    @field_validator("notify_url")
+    @classmethod
+    def _notify_url_is_deliverable(cls, v: str | None) -> str | None:
+        # Checked here, not at the first delivery: a URL no request can be made to
+        # would otherwise lose every webhook with no record (the message never shows
+        # the URL, whose query may hold a token).
+        return None if v is None else checked_notify_url(v)
 
     @field_validator("name")
     @classmethod
@@ -96,6 +105,28 @@ class RouteConfig(BaseModel):
 
     def validated_params(self) -> HandlerParams:
         return get_handler(self.handler).Params(**self.params)
+
+
+def checked_notify_url(url: str) -> str:
+    """``url`` when a webhook can be POSTed to it; else ValueError saying what is wrong."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError("must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise ValueError("is not a valid URL (check the host)") from None
+    try:
+        port = parts.port
+    except ValueError as exc:  # not a number, or above 65535
+        why = "is out of range (1-65535)" if "range" in str(exc) else "is not a number"
+        raise ValueError(f"its port {why}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError("has no host (e.g. https://hooks.example.com/dropgpu)")
+    if port is not None and not 1 <= port <= 65_535:
+        raise ValueError("its port is out of range (1-65535)")
+    return url
 
 
 class WatchSettings(BaseModel):
