@@ -31,6 +31,7 @@ from watcher.cli.options import (
     config_option,
     logging_options,
 )
+from watcher.cli.signals import restore_ctrl_c
 from watcher.config import Config, load_config
 from watcher.exceptions import UnsafeStoreError
 
@@ -198,13 +199,13 @@ async def _cmd_status(args: argparse.Namespace, config: Config) -> int:
 async def _cmd_retry(args: argparse.Namespace, config: Config) -> int:
     from watcher.status import retry_key
 
-    code = ExitCode.OK
     async with _open(args) as bucket:
-        for key in args.keys:
-            result = await retry_key(bucket, config, key)
-            print(f"{'ok' if result.ok else 'skipped'}: {result.key}: {result.message}")
-            code = code if result.ok else ExitCode.FAILED
-    return code
+        # Every key first, then the report: a reader that leaves early (`| head -1`)
+        # loses lines, never retries.
+        results = [await retry_key(bucket, config, key) for key in args.keys]
+    for result in results:
+        print(f"{'ok' if result.ok else 'skipped'}: {result.key}: {result.message}")
+    return ExitCode.OK if all(r.ok for r in results) else ExitCode.FAILED
 
 
 async def _cmd_doctor(args: argparse.Namespace, config: Config) -> int:
@@ -245,6 +246,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 @one_line_errors()
 def main(argv: Sequence[str] | None = None) -> int:
+    restore_ctrl_c()  # even when started as a background job of a script (signals.py)
     args = build_parser().parse_args(argv)
     _configure_logging(args)
     return args.func(args)
