@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from tests.pipeline_helpers import (
     run,
     tick_and_run,
 )
+from watcher.cli.feed import RESUME_SLACK_S
 
 
 async def _all(bucket: Bucket, **kwargs: object) -> list[FeedItem]:
@@ -213,6 +215,61 @@ def test_lost_feed_record_never_fails_the_job_and_is_repaired(
             assert await keys_under(real, "_dropgpu/claims/") == []
 
     run(scenario())
+
+
+def _feed_json(spec: BucketSpec, *args: str) -> list[str]:
+    done = subprocess.run(
+        _feed_cli(*spec.cli_args, "--json", *args),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [json.loads(line)["key"] for line in done.stdout.splitlines()]
+
+
+def test_feed_since_key_resumes_after_it_and_still_prints_late_records(
+    bucket_spec: BucketSpec,
+) -> None:
+    async def put_record(name: str, at: datetime) -> str:
+        async with bucket_spec.open() as bucket:
+            key, body = build_feed_record(
+                JobRef("count", name, "e1"), failed=False, committed_at=at
+            )
+            await bucket.put_bytes(key, body)
+            return key
+
+    a = run(put_record("a.bin", datetime.now(UTC)))
+    b = run(put_record("b.bin", datetime.now(UTC)))
+    # Landed well before c: a consumer that handled c had them (+1 s: a store's
+    # LastModified may have whole seconds only).
+    time.sleep(RESUME_SLACK_S + 1.2)
+    c = run(put_record("c.bin", datetime.now(UTC)))
+    d = run(put_record("d.bin", datetime.now(UTC)))
+    assert [a, b, c, d] == sorted([a, b, c, d])
+
+    # "Resume after": a and b are in the re-read overlap window, but not printed again.
+    assert _feed_json(bucket_spec, "--since", c) == [d]
+    # A writer 30 s behind commits after c: its key sorts before c, yet it is new.
+    late_at = (parse_feed_key(c) or pytest.fail("c")).time - timedelta(seconds=30)
+    late = run(put_record("late.bin", late_at))
+    assert late < a
+    assert _feed_json(bucket_spec, "--since", c) == [late, d]
+    # It landed after d too: whoever handled d may not have seen it. c landed less than
+    # RESUME_SLACK_S before d (it may still have been in flight): printed again, too.
+    assert _feed_json(bucket_spec, "--since", d) == [late, c]
+    # With a 10 s window the late record is out of reach; c is still printed again.
+    assert _feed_json(bucket_spec, "--since", d, "--overlap", "10") == [c]
+
+    # The resume key expired (lifecycle rule): nothing known, the window is printed again.
+    async def expire(key: str) -> None:
+        async with bucket_spec.open() as bucket:
+            await bucket.delete(key)
+
+    run(expire(c))
+    assert _feed_json(bucket_spec, "--since", c) == [late, a, b, d]
 
 
 def test_parse_since_forms() -> None:
