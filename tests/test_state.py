@@ -12,11 +12,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from handlers.contract.keys import CLAIMS, DONE, FAILED, JobRef
-from infra.storage.bucket import Listing, ObjectInfo
+from infra.storage.bucket import Listing, ObjectInfo, SkippedEntry
 from tests.pipeline_helpers import counting_route, make_config
-from watcher.state import DecisionState, build_snapshot, classify, parse_claims
+from watcher.state import (
+    DecisionState,
+    Snapshot,
+    build_snapshot,
+    classify,
+    parse_claims,
+    warn_skipped_once,
+)
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 TTL = 60.0  # lease TTL: a claim older than this is stale
@@ -175,3 +183,47 @@ def test_parse_claims_groups_attempts_and_skips_foreign_keys() -> None:
     assert job.attempts_used == 1  # the released attempt does not count
     assert job.claim_objects() == [objects[0], objects[2]]
     assert claims[other.job_id].attempts_used == 1
+
+
+# -- skipped entries (folder bucket: names that can never be keys, symlinks, FIFOs, ...) --
+
+
+def test_snapshot_carries_each_routes_skipped_entries() -> None:
+    odd = SkippedEntry("inputs/a/bad\\nname.mp4", "unaddressable_name", "newline in the name")
+    fifo = SkippedEntry("inputs/b/pipe", "special_file", "a FIFO, not a regular file")
+    internal = SkippedEntry("_dropgpu/done/x", "symlink", "a symlink")
+    snapshot = build_snapshot(
+        {
+            "a": Listing([_obj("inputs/a/ok.mp4", 100)], NOW, skipped=[odd]),
+            "b": Listing([], NOW, skipped=[fifo]),
+            "c": _listing(),
+        },
+        done=Listing([], NOW, skipped=[internal]),
+        claims=_listing(),
+    )
+    # Per route, beside (never among) the inputs; other prefixes' entries are not inputs.
+    assert snapshot.skipped == {"a": [odd], "b": [fifo], "c": []}
+    assert snapshot.inputs["a"] == [_obj("inputs/a/ok.mp4", 100)]
+
+
+def test_each_skipped_entry_is_warned_once_per_process() -> None:
+    # Names unique to this test: the set of warned entries is process-wide.
+    odd = SkippedEntry("inputs/a/once\\tname.mp4", "unaddressable_name", "a tab in the name")
+    loop = SkippedEntry("inputs/a/once-loop", "symlink_loop", "a symlink loop")
+    reworded = SkippedEntry(odd.name, "unreadable", "permission denied")
+
+    def snapshot(*entries: SkippedEntry) -> Snapshot:
+        listing = Listing([], NOW, skipped=list(entries))
+        return build_snapshot({"a": listing}, done=_listing(), claims=_listing())
+
+    with capture_logs() as logs:
+        assert warn_skipped_once(snapshot(odd, loop)) == 2
+        for _ in range(3):  # every later tick sees the same entries: no new lines
+            assert warn_skipped_once(snapshot(odd, loop)) == 0
+        assert warn_skipped_once(snapshot(odd, reworded)) == 1  # a new reason is news
+    assert [(e["event"], e["log_level"], e["name"], e["reason"]) for e in logs] == [
+        ("input_skipped", "warning", odd.name, odd.reason),
+        ("input_skipped", "warning", loop.name, loop.reason),
+        ("input_skipped", "warning", odd.name, reworded.reason),
+    ]
+    assert {e["route"] for e in logs} == {"a"}

@@ -21,11 +21,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+import structlog
+from structlog.typing import FilteringBoundLogger
+
 from handlers.contract.keys import CLAIMS, DONE, FAILED, ClaimKind, JobRef, parse_claim_key
-from infra.storage.bucket import Bucket, Listing, ObjectInfo
+from infra.storage.bucket import Bucket, Listing, ObjectInfo, SkippedEntry
 from infra.storage.errors import BucketError
 from watcher.config import Config, RouteConfig
 from watcher.ignore import ignore_reason
+
+log: FilteringBoundLogger = structlog.get_logger(__name__)
 
 
 @dataclass(slots=True)
@@ -65,6 +70,9 @@ class Snapshot:
     failed: set[str]  # job ids whose final manifest is a failure
     claims: dict[str, JobClaims]  # job id -> attempts
     requests: int
+    # Route name -> entries under its prefix that can never be objects (a folder bucket's
+    # odd names, symlinks, FIFOs, unreadable folders); never jobs, shown by status.
+    skipped: dict[str, list[SkippedEntry]] = field(default_factory=dict)
 
 
 async def take_snapshot(bucket: Bucket, config: Config, *, with_failed: bool = False) -> Snapshot:
@@ -106,7 +114,30 @@ def build_snapshot(
         failed={o.key[len(FAILED) :] for o in failed.objects} if failed is not None else set(),
         claims=parse_claims(claims.objects),
         requests=sum(listing.requests for listing in listings),
+        skipped={name: list(listing.skipped) for name, listing in inputs.items()},
     )
+
+
+# Each skipped entry is logged once per process, not on every tick: (name, reason) seen.
+_warned_skipped: set[tuple[str, str]] = set()
+
+
+def warn_skipped_once(snapshot: Snapshot) -> int:
+    """Log a warning for each skipped entry this process has not warned about; how many.
+
+    The entry stays visible in ``dropgpu status`` for as long as it is there.
+    """
+    new = 0
+    for route, entries in snapshot.skipped.items():
+        for entry in entries:
+            if (entry.name, entry.reason) in _warned_skipped:
+                continue
+            _warned_skipped.add((entry.name, entry.reason))
+            new += 1
+            log.warning(
+                "input_skipped", route=route, name=entry.name, kind=entry.kind, reason=entry.reason
+            )
+    return new
 
 
 def parse_claims(objects: Iterable[ObjectInfo]) -> dict[str, JobClaims]:

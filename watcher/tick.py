@@ -24,7 +24,14 @@ from handlers.jobs.spec import JobSpec, RetryPolicy, job_log_context
 from infra.storage.bucket import Bucket, ObjectInfo
 from infra.storage.errors import BucketError
 from watcher.config import Config, RouteConfig
-from watcher.state import Decision, DecisionState, classify, last_error, take_snapshot
+from watcher.state import (
+    Decision,
+    DecisionState,
+    classify,
+    last_error,
+    take_snapshot,
+    warn_skipped_once,
+)
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
 
@@ -118,6 +125,7 @@ async def run_tick(
     """List, decide, claim up to min(cap, capacity) jobs and hand each to ``dispatch``."""
     report = TickReport()
     snapshot = await take_snapshot(bucket, config)
+    warn_skipped_once(snapshot)
     report.list_requests = snapshot.requests
     ttl = config.watch.lease_ttl_seconds
     claimable: list[tuple[RouteConfig, Decision]] = []
