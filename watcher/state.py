@@ -8,7 +8,9 @@ This is the one reader of the claim protocol (its writer: handlers/jobs/claims.p
 ``take_snapshot`` does the listing; ``build_snapshot`` and ``classify`` are pure.
 Two claim *bodies* are read on demand, here too: the last failure record when
 the tick gives a job up (``last_error``) and running jobs' heartbeats for
-``dropgpu status`` (``read_progress``).
+``dropgpu status`` (``read_progress``). What a folder bucket could not list as
+objects (``Listing.skipped``) travels in the snapshot per route; ``warn_skipped_once``
+logs each entry once per process.
 """
 
 from __future__ import annotations

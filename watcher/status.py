@@ -1,7 +1,10 @@
 """`dropgpu status` and `dropgpu retry`: job state from LISTs, and resetting one job.
 
-Status only reads (watcher/state.py's snapshot). Retry checks here that the job
-is finished; the reset itself is the claim protocol's (handlers/jobs/claims.py).
+Status only reads: watcher/state.py's snapshot, counted by the pure ``tally``, plus
+one LIST of ``outputs/<route>/`` so that a finished job whose manifest is gone is
+reported "missing" with `dropgpu retry` as its fix, never "succeeded". Retry checks
+here that the job is finished; the reset itself is the claim protocol's
+(handlers/jobs/claims.py).
 """
 
 from __future__ import annotations
