@@ -170,7 +170,7 @@ def test_input_error_fails_at_once_and_input_is_untouched(
 def test_error_messages_quote_names_so_a_trailing_space_shows(
     target: BucketSpec, tmp_path: Path
 ) -> None:
-    """"unsupported file type .mp4" for "clip.mp4 " read as nonsense: the space must show."""
+    """'unsupported file type .mp4' for 'clip.mp4 ' read as nonsense: the space must show."""
     config = make_config({"count": counting_route(tmp_path / "runs")})
 
     async def scenario() -> None:
