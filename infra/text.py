@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import traceback
 from urllib.parse import urlsplit, urlunsplit
 
 # A URL inside free text (an exception message, a library's repr): up to the first
@@ -68,3 +69,12 @@ def redact_urls_in(text: str) -> str:
     ``..., url='http://host/hook?token=...'``).
     """
     return _URL_IN_TEXT.sub(_redact_match, text)
+
+
+def redacted_traceback(exc: BaseException) -> str:
+    """``exc``'s formatted traceback with URLs redacted, for a log line's ``traceback`` field.
+
+    ``log.exception`` would render the messages of the chain verbatim, and they may
+    quote a URL with a token.
+    """
+    return redact_urls_in("".join(traceback.format_exception(exc)))

@@ -41,7 +41,7 @@ from structlog.typing import FilteringBoundLogger
 from gpu.device import DeviceInfo
 from handlers.contract.keys import MAX_KEY_BYTES, unsafe_rel_reason
 from handlers.contract.manifest import ErrorKind, Manifest, OutputInfo, RuntimeInfo, utc_now
-from handlers.exceptions import HandlerConfigError, InputError
+from handlers.exceptions import HandlerConfigError, InputError, TransientError
 from handlers.jobs.claims import drop_claim
 from handlers.jobs.commit import commit, current_etag, discard_outputs
 from handlers.jobs.failures import record_transient_failure
@@ -55,7 +55,7 @@ from handlers.registry import get_handler
 from infra.hashing import sha256_and_size
 from infra.storage.bucket import Bucket
 from infra.storage.errors import BucketError, ObjectNotFound, PreconditionFailed
-from infra.text import one_line, quoted
+from infra.text import one_line, quoted, redacted_traceback
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
 
@@ -175,10 +175,10 @@ class JobRunner:
             return JobOutcome(JobStatus.LEASE_LOST, str(exc), handler_ran=handler_ran)
         except Exception as exc:
             message = one_line(f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc))
-            if isinstance(exc, BucketError | OSError | MemoryError | TimeoutError):
+            if isinstance(exc, BucketError | OSError | MemoryError | TimeoutError | TransientError):
                 log.warning("job_attempt_failed", error=message)
-            else:
-                log.exception("job_attempt_crashed")  # unexpected; retried as transient
+            else:  # unexpected; retried as transient. Not log.exception: URLs get redacted.
+                log.error("job_attempt_crashed", error=message, traceback=redacted_traceback(exc))
             if not committing:  # the next attempt uploads to its own folder
                 await discard_outputs(self.bucket, uploaded)
             return await self._transient_failure(job, started_at, timings, message, handler_ran)
@@ -194,7 +194,7 @@ class JobRunner:
             extra = dict(self.runtime_extra(wall_s))
             runtime = RuntimeInfo(**{**manifest.runtime.model_dump(), **extra})
         except Exception as exc:  # cost is informative; it never fails a job
-            log.warning("runtime_extra_failed", error=str(exc))
+            log.warning("runtime_extra_failed", error=one_line(exc))
             return manifest
         return manifest.model_copy(update={"runtime": runtime})
 

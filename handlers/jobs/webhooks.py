@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import os
 import time
-import traceback
 import uuid
 from dataclasses import dataclass
 from typing import Literal
@@ -45,7 +44,7 @@ from handlers.contract.signature import (
 )
 from handlers.jobs.retry import backoff_delay, with_storage_retries
 from infra.storage.bucket import Bucket
-from infra.text import one_line, redact_url, redact_urls_in
+from infra.text import one_line, redact_url, redacted_traceback
 from infra.version import dropgpu_version
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
@@ -224,9 +223,13 @@ async def notify(
             log.warning("webhook_record_not_written", url=where, error=one_line(exc))
         return rec
     except Exception as exc:
-        # Not log.exception: the traceback's messages may quote the URL, so it is redacted too.
-        trace = redact_urls_in("".join(traceback.format_exception(exc)))
-        log.error("webhook_delivery_crashed", url=where, error=one_line(exc), traceback=trace)
+        # Not log.exception: the traceback's messages may quote the URL.
+        log.error(
+            "webhook_delivery_crashed",
+            url=where,
+            error=one_line(exc),
+            traceback=redacted_traceback(exc),
+        )
         return None
 
 
