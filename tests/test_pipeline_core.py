@@ -186,6 +186,31 @@ def test_error_messages_quote_names_so_a_trailing_space_shows(
     run(scenario())
 
 
+def test_a_key_too_long_for_its_outputs_fails_before_running(
+    target: BucketSpec, tmp_path: Path
+) -> None:
+    """Its version folder would push output keys past S3's 1,024 bytes: fail, don't upload."""
+    counter = tmp_path / "runs"
+    config = make_config({"count": counting_route(counter)})
+    rel = "/".join(["d" * 200] * 4) + "/" + "k" * 140 + ".bin"  # ~950 bytes: the input fits
+
+    async def scenario() -> None:
+        async with target.open() as bucket:
+            etag = await put_bytes(bucket, f"inputs/count/{rel}", b"data")
+            ref = JobRef("count", rel, etag)
+            assert not ref.manifest_key_fits()
+            _, outcomes = await tick_and_run(bucket, config, tmp_path)
+            assert [o.status for _, o in outcomes] == ["failed"]
+            assert "object key too long" in outcomes[0][1].message
+            assert await keys_under(bucket, "outputs/") == []  # nothing uploaded
+            done = json.loads(await bucket.get_bytes(ref.done_key))  # the result lives here
+            assert done["error"]["kind"] == "input"
+            assert await keys_under(bucket, ref.failed_index_key) == [ref.failed_index_key]
+
+    run(scenario())
+    assert executions(counter) == 0
+
+
 def test_transient_failures_retry_then_give_up(target: BucketSpec, tmp_path: Path) -> None:
     counter = tmp_path / "runs"
     config = make_config(
