@@ -23,6 +23,7 @@ from handlers.contract.consumer import (
     read_manifest,
     wait_for_manifest,
 )
+from handlers.contract.keys import JobRef, output_file_name
 from infra.storage.errors import ObjectNotFound
 from tests.conftest import BucketSpec
 from tests.pipeline_helpers import (
@@ -47,6 +48,22 @@ def test_keys_and_folders() -> None:
             manifest_key_for(bad)
     with pytest.raises(ConsumerError, match=re.escape("'..'")):
         output_dir_for("inputs/count/../../etc/passwd")
+
+
+def test_output_names_under_version_folders_and_the_older_flat_layout() -> None:
+    ref = JobRef("count", "live/set 1.bin", "e1")
+    prefix = ref.output_prefix
+    assert output_file_name(prefix, ref.output_key("copy.bin", 3)) == "copy.bin"
+    assert (
+        output_file_name(prefix, f"{prefix}copy.bin") == "copy.bin"
+    )  # manifests written before version folders
+    for bad in (
+        f"{prefix}not-a-version/copy.bin",  # another input's folder, not a version folder
+        f"{prefix}{ref.version_dir(1)}/deeper/copy.bin",
+        f"{prefix}{ref.version_dir(1)}/",
+        "outputs/count/other.bin/copy.bin",
+    ):
+        assert output_file_name(prefix, bad) is None, bad
 
 
 def test_waiting_consumer_sees_the_manifest_once_it_exists(

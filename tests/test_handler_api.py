@@ -262,7 +262,10 @@ max_attempts = 1
             p.name: await read_manifest(bucket, f"outputs/loudness/show/{p.name}/manifest.json")
             for p in (tone, silent, text)
         }
-        report = await bucket.get_bytes("outputs/loudness/show/ep1.wav/loudness.json")
+        (out,) = manifests["ep1.wav"]["outputs"]  # outputs/loudness/show/ep1.wav/<version>/...
+        assert out["key"].startswith("outputs/loudness/show/ep1.wav/")
+        assert out["key"].endswith("/loudness.json")
+        report = await bucket.get_bytes(out["key"])
         manifests["ep1.wav"]["_report"] = json.loads(report)
         return manifests
 

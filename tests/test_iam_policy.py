@@ -43,6 +43,7 @@ from handlers.jobs.runner import JobRunner
 from handlers.jobs.webhooks import drain_notifications
 from infra.s3_server import SeaweedS3Server
 from infra.storage.s3 import MiB, S3Bucket
+from tests.handlers_for_tests import executions
 from tests.pipeline_helpers import REPO, counting_route, make_config, put_bytes, tick_and_run
 from watcher.doctor import bucket_checks
 from watcher.status import collect_status, retry_key
@@ -170,6 +171,19 @@ async def drive(plain: S3Bucket, bucket: S3Bucket, rec: Recorder, tmp: Path) -> 
     await asyncio.sleep(1.1)
     report, statuses = await tick("give up", {"quit": {**quit_route, "max_attempts": 1}})
     assert (report.gave_up, statuses) == (1, [])
+
+    # Its input replaced while it runs: the attempt deletes the outputs it uploaded.
+    replaced = {"replaced": counting_route(runs / "replaced", params={"sleep_s": 0.5})}
+    await put_bytes(plain, "inputs/replaced/a.bin", b"v1")
+    rec.path = "input replaced mid-run"
+    claimed_v1: list[Any] = []
+    await run_tick(bucket, make_config(replaced), claimed_v1.append)
+    job = asyncio.create_task(runner.run(claimed_v1[0]))
+    while not executions(runs / "replaced"):  # downloaded: its handler runs
+        await asyncio.sleep(0.02)
+    await put_bytes(plain, "inputs/replaced/a.bin", b"v2!")  # plain: not recorded
+    assert (await job).status == "superseded"
+    rec.path = "setup"
 
     big = {"big": counting_route(runs / "big")}
     await put_bytes(plain, "inputs/big/a.bin", os.urandom(6 * MiB))  # above the 5 MiB threshold
@@ -318,6 +332,10 @@ EVIDENCE = {
         ("CompleteMultipartUpload", "outputs/big/"),
     ],
     "repair": [("GetObject", "_dropgpu/done/fixed/"), ("DeleteObject", "_dropgpu/claims/fixed/")],
+    "input replaced mid-run": [
+        ("PutObject", "outputs/replaced/a.bin/"),
+        ("DeleteObject", "outputs/replaced/a.bin/"),  # its own version folder, no manifest
+    ],
     "status": [("GetObject", "_dropgpu/claims/slow/"), ("GetObject", "_dropgpu/done/")],
     "retry": [("DeleteObject", "_dropgpu/done/count/"), ("DeleteObject", "_dropgpu/failed/")],
     "doctor": [
@@ -350,7 +368,8 @@ def test_dropgpu_only_reads_inputs(recorder: Recorder) -> None:
     [
         ("s3:ListBucket", None),  # LIST inputs/, _dropgpu/done/, _dropgpu/claims/
         ("s3:GetObject", "inputs/vertical/live/set 1.mp4"),  # download (If-Match)
-        ("s3:PutObject", "outputs/vertical/live/set 1.mp4/vertical.mp4"),  # outputs, multipart
+        ("s3:PutObject", "outputs/vertical/live/set 1.mp4/0a1b-1/vertical.mp4"),  # outputs
+        ("s3:DeleteObject", "outputs/vertical/a.mp4/0a1b-1/vertical.mp4"),  # a superseded try's
         ("s3:PutObject", "outputs/vertical/live/set 1.mp4/manifest.json"),
         ("s3:PutObject", "_dropgpu/claims/vertical/a.mp4@e/attempt-1"),  # claim, heartbeat
         ("s3:GetObject", "_dropgpu/claims/vertical/a.mp4@e/attempt-1"),  # HEAD after create
@@ -369,7 +388,6 @@ def test_every_call_dropgpu_makes_is_allowed(action: str, key: str | None) -> No
     [
         ("s3:PutObject", "inputs/vertical/a.mp4"),  # inputs are read-only to dropgpu
         ("s3:DeleteObject", "inputs/vertical/a.mp4"),
-        ("s3:DeleteObject", "outputs/vertical/a.mp4/manifest.json"),
         ("s3:GetObject", "outputs/vertical/a.mp4/manifest.json"),
         ("s3:PutObject", "other/file"),
         ("s3:GetObject", "other/file"),

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from handlers.jobs.lease import Lease, LeaseLost
+from handlers.jobs.lease import PROGRESS_STEP, Lease, LeaseLost
 from infra.storage.bucket import Bucket
 from infra.storage.errors import TransientStorageError
 from infra.storage.local import LocalFolderBucket
@@ -155,5 +156,58 @@ def test_stop_lets_an_in_flight_put_land(tmp_path: Path) -> None:
                 puts = bucket.puts
             await asyncio.sleep(0.1)
             assert bucket.puts == puts  # and nothing after it
+
+    asyncio.run(scenario())
+
+
+def test_progress_writes_are_paced_however_often_the_handler_reports(tmp_path: Path) -> None:
+    """A handler reporting in a tight loop (alternating phases) costs one write per interval."""
+
+    async def scenario() -> None:
+        async with _bucket(tmp_path) as bucket:
+            lease = Lease(bucket, KEY, ttl=600, interval=150, info=INFO, progress_interval=0.2)
+            reports = 0
+
+            def handler() -> None:  # the handler thread
+                nonlocal reports
+                end = time.monotonic() + 1.5
+                while time.monotonic() < end:
+                    reports += 1
+                    lease.update((reports % 1000) / 1000, "even" if reports % 2 else "odd")
+
+            t0 = time.monotonic()
+            async with lease:
+                await asyncio.to_thread(handler)
+                duration = time.monotonic() - t0
+                storm = bucket.puts
+                # Changes under PROGRESS_STEP are not worth a request; no heartbeat is due.
+                data = json.loads(await bucket.get_bytes(KEY))
+                lease.update(data["progress"] + PROGRESS_STEP / 2, data["phase"])
+                await asyncio.sleep(0.5)
+                assert bucket.puts == storm
+            print(f"{reports} reports in {duration:.2f} s -> {storm} claim writes")
+            assert reports > 1000
+            # The first beat, then at most one per progress_interval (+1 for rounding).
+            assert 4 <= storm <= 1 + duration / 0.2 + 1
+            assert lease.writes == bucket.puts
+
+    asyncio.run(scenario())
+
+
+def test_a_phase_change_is_written_before_the_next_heartbeat(bucket: Bucket) -> None:
+    async def scenario() -> None:
+        try:
+            lease = Lease(bucket, KEY, ttl=600, interval=150, info=INFO, progress_interval=0.1)
+            async with lease:
+                lease.set_phase("download")
+                for _ in range(100):
+                    if json.loads(await bucket.get_bytes(KEY))["phase"] == "download":
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("the phase never reached the claim")
+                assert lease.writes == 2  # the first beat and the phase change, nothing more
+        finally:
+            await bucket.close()
 
     asyncio.run(scenario())

@@ -40,7 +40,11 @@ def test_job_runs_once_and_manifest_is_valid(target: BucketSpec, tmp_path: Path)
             assert manifest["status"] == "succeeded"
             assert manifest["attempts"] == 1
             assert manifest["input"]["key"] == "inputs/count/live/set 1.bin"
-            assert manifest["outputs"][0]["key"] == "outputs/count/live/set 1.bin/copy.bin"
+            # Outputs go to a folder of their own version (and attempt): <job hash>-<attempt>.
+            ref = JobRef("count", "live/set 1.bin", manifest["input"]["etag"])
+            assert ref.version_dir(1) == f"{ref.job_hash}-1"
+            folder = f"outputs/count/live/set 1.bin/{ref.version_dir(1)}"
+            assert manifest["outputs"][0]["key"] == f"{folder}/copy.bin"
             assert manifest["runtime"]["device"] == "cpu"
             # Claims are cleaned up; only the done marker remains.
             assert await keys_under(bucket, "_dropgpu/claims/") == []
@@ -71,7 +75,11 @@ def test_same_bytes_are_not_new_work_new_bytes_are(target: BucketSpec, tmp_path:
             assert [o.status for _, o in outcomes] == ["succeeded"]
             second = await read_manifest(bucket, "outputs/count/clip.bin/manifest.json")
             assert second["input"]["etag"] != first["input"]["etag"]
-            assert (await bucket.get_bytes("outputs/count/clip.bin/copy.bin")) == b"version two!"
+            # Each version's outputs have keys of their own: the manifest names v2's.
+            new_key, old_key = second["outputs"][0]["key"], first["outputs"][0]["key"]
+            assert new_key != old_key
+            assert (await bucket.get_bytes(new_key)) == b"version two!"
+            assert (await bucket.get_bytes(old_key)) == b"version one"  # kept, not overwritten
 
     run(scenario())
     assert executions(counter) == 2
@@ -148,7 +156,7 @@ def test_input_error_fails_at_once_and_input_is_untouched(
             bad = await read_manifest(bucket, "outputs/count/bad.bin/manifest.json")
             assert bad["error"]["kind"] == "input" and bad["outputs"] == []
             txt = await read_manifest(bucket, "outputs/count/notes.txt/manifest.json")
-            assert "unsupported file type .txt" in txt["error"]["message"]
+            assert "unsupported file type '.txt'" in txt["error"]["message"]
             listing = await bucket.list("inputs/count/bad.bin")
             assert listing.objects[0].etag == etag
             assert await bucket.get_bytes("inputs/count/bad.bin") == b"REJECT me"
@@ -157,6 +165,50 @@ def test_input_error_fails_at_once_and_input_is_untouched(
 
     run(scenario())
     assert executions(counter) == 1  # the .txt never reached the handler
+
+
+def test_error_messages_quote_names_so_a_trailing_space_shows(
+    target: BucketSpec, tmp_path: Path
+) -> None:
+    """'unsupported file type .mp4' for 'clip.mp4 ' read as nonsense: the space must show."""
+    config = make_config({"count": counting_route(tmp_path / "runs")})
+
+    async def scenario() -> None:
+        async with target.open() as bucket:
+            await put_bytes(bucket, "inputs/count/clip.mp4 ", b"video")
+            _, outcomes = await tick_and_run(bucket, config, tmp_path)
+            assert [o.status for _, o in outcomes] == ["failed"]
+            manifest = await read_manifest(bucket, "outputs/count/clip.mp4 /manifest.json")
+            message = manifest["error"]["message"]
+            assert message.startswith("unsupported file type '.mp4 ' for route 'count': ")
+            assert "'clip.mp4 '" in message, message
+
+    run(scenario())
+
+
+def test_a_key_too_long_for_its_outputs_fails_before_running(
+    target: BucketSpec, tmp_path: Path
+) -> None:
+    """Its version folder would push output keys past S3's 1,024 bytes: fail, don't upload."""
+    counter = tmp_path / "runs"
+    config = make_config({"count": counting_route(counter)})
+    rel = "/".join(["d" * 200] * 4) + "/" + "k" * 140 + ".bin"  # ~950 bytes: the input fits
+
+    async def scenario() -> None:
+        async with target.open() as bucket:
+            etag = await put_bytes(bucket, f"inputs/count/{rel}", b"data")
+            ref = JobRef("count", rel, etag)
+            assert not ref.manifest_key_fits()
+            _, outcomes = await tick_and_run(bucket, config, tmp_path)
+            assert [o.status for _, o in outcomes] == ["failed"]
+            assert "object key too long" in outcomes[0][1].message
+            assert await keys_under(bucket, "outputs/") == []  # nothing uploaded
+            done = json.loads(await bucket.get_bytes(ref.done_key))  # the result lives here
+            assert done["error"]["kind"] == "input"
+            assert await keys_under(bucket, ref.failed_index_key) == [ref.failed_index_key]
+
+    run(scenario())
+    assert executions(counter) == 0
 
 
 def test_transient_failures_retry_then_give_up(target: BucketSpec, tmp_path: Path) -> None:
@@ -327,7 +379,8 @@ def test_input_replaced_while_claimed_is_dropped(target: BucketSpec, tmp_path: P
             assert await keys_under(bucket, "outputs/") == []
             _, outcomes = await tick_and_run(bucket, config, tmp_path)
             assert [o.status for _, o in outcomes] == ["succeeded"]
-            assert await bucket.get_bytes("outputs/count/a.bin/copy.bin") == b"new bytes!"
+            manifest = await read_manifest(bucket, "outputs/count/a.bin/manifest.json")
+            assert await bucket.get_bytes(manifest["outputs"][0]["key"]) == b"new bytes!"
 
     run(scenario())
     assert executions(counter) == 1

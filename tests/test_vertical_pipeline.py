@@ -111,7 +111,11 @@ def test_quickstart_default_bucket_full_size(tmp_path: Path) -> None:
     manifest = run(check())
     assert manifest_path.is_file()
     assert manifest["status"] == "succeeded"
-    video = tmp_path / "bucket/outputs/vertical/sample.mp4/vertical.mp4"
+    # The manifest names the file: outputs/vertical/sample.mp4/<job hash>-<attempt>/vertical.mp4.
+    (out,) = manifest["outputs"]
+    assert out["key"].startswith("outputs/vertical/sample.mp4/")
+    assert out["key"].endswith("-1/vertical.mp4")
+    video = tmp_path / "bucket" / out["key"]
     info = probe(video)
     assert (info.video.width, info.video.height) == (1080, 1920)
     assert round(info.video.fps) == 30

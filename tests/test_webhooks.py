@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import socket
 import time
@@ -30,6 +31,7 @@ from handlers.jobs.webhooks import (
     deliver,
     drain_notifications,
 )
+from infra.log import configure_logging
 from tests.conftest import BucketSpec
 from tests.pipeline_helpers import counting_route, make_config, put_bytes, run, tick_and_run
 
@@ -221,3 +223,68 @@ def test_drain_timeout_cancels_slow_deliveries(
             assert await drain_notifications(timeout=0.1) == 1  # cut short, not hung
 
     run(scenario())
+
+
+@asynccontextmanager
+async def garbage_server(reply: bytes) -> AsyncIterator[str]:
+    """A raw TCP server that answers every request with ``reply`` (not HTTP) and hangs up."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/hook?token={TOKEN}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+TOKEN = "tok-e3b0c44298fc1c149afbf4c8996fb924"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"garbage\r\n\r\n",
+        b"HTTP/1.1 abc\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+    ids=["not-http", "bad-status", "bad-chunk"],
+)
+def test_a_malformed_reply_never_leaks_the_url_token(
+    target: BucketSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reply: bytes
+) -> None:
+    """aiohttp's error text quotes the full URL; neither the record nor a log line may."""
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    monkeypatch.setattr(webhooks, "DEFAULT_POLICY", FAST)
+    stream = io.StringIO()
+    configure_logging(json=True, level="DEBUG", stream=stream)
+
+    async def scenario() -> None:
+        async with garbage_server(reply) as url, target.open() as bucket:
+            config = make_config({"count": counting_route(tmp_path / "runs", notify_url=url)})
+            etag = await put_bytes(bucket, "inputs/count/a.bin", b"aaa")
+            _, outcomes = await tick_and_run(bucket, config, tmp_path)
+            assert [o.status for _, o in outcomes] == ["succeeded"]
+            await drain_notifications(timeout=20)
+            record_key = webhook_record_key(JobRef("count", "a.bin", etag))
+            record = json.loads(await bucket.get_bytes(record_key))
+            assert record["result"] == "gave_up"
+            errors = [a["error"] for a in record["attempts"]]
+            assert len(errors) == FAST.max_attempts and all(errors)
+            assert "127.0.0.1" in errors[0]  # still says where it failed
+            for obj in (await bucket.list("")).objects:  # nothing in the bucket holds it
+                assert TOKEN.encode() not in await bucket.get_bytes(obj.key), obj.key
+
+    try:
+        run(scenario())
+    finally:
+        configure_logging(json=False)
+    logged = stream.getvalue()
+    assert "webhook_gave_up" in logged
+    assert TOKEN not in logged

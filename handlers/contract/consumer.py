@@ -37,6 +37,7 @@ from handlers.contract.keys import (
     MANIFEST_NAME,
     JobRef,
     feed_start_key,
+    output_file_name,
     parse_feed_key,
     split_input_key,
     unsafe_rel_reason,
@@ -235,7 +236,7 @@ async def fetch_outputs(
     for out in manifest["outputs"]:
         if wanted and out["role"] not in wanted:
             continue
-        name = out["key"][len(prefix) :] if out["key"].startswith(prefix) else ""
+        name = output_file_name(prefix, out["key"]) or ""
         if not _OUTPUT_NAME.fullmatch(name):
             raise ConsumerError(f"{out['key']}: not a plain output name under {prefix}")
         await asyncio.to_thread(dest_dir.mkdir, parents=True, exist_ok=True)

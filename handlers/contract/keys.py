@@ -23,6 +23,11 @@ DONE = f"{INTERNAL}done/"
 FAILED = f"{INTERNAL}failed/"
 MANIFEST_NAME = "manifest.json"
 MAX_KEY_BYTES = 1024
+# Output names are [A-Za-z0-9][A-Za-z0-9._-]{0,39} (the runner checks them).
+MAX_OUTPUT_NAME_BYTES = 40
+# "<job hash>-<attempt>": the folder one attempt's outputs are uploaded to.
+_VERSION_DIR = re.compile(r"^[0-9a-f]{24}-[0-9]{1,6}$")
+_MAX_VERSION_DIR_BYTES = 24 + 1 + 6
 # Room for "_dropgpu/claims/" + "/attempt-NNN.failed-<13 digits>".
 _MAX_READABLE_JOB_BYTES = 600
 _MAX_SEGMENT_BYTES = 255
@@ -97,12 +102,23 @@ class JobRef:
     def manifest_key(self) -> str:
         return f"{self.output_prefix}{MANIFEST_NAME}"
 
-    def output_key(self, name: str) -> str:
-        return f"{self.output_prefix}{name}"
+    def version_dir(self, attempt: int) -> str:
+        """``<job hash>-<attempt>``: the folder under ``output_prefix`` one attempt uploads to.
+
+        The job hash covers the ETag, so outputs of different input versions never
+        share a key: a superseded job finishing late cannot overwrite the newer
+        version's files. The attempt keeps two attempts of one version apart too, so
+        an attempt that does not publish can delete what it uploaded.
+        """
+        return f"{self.job_hash}-{attempt}"
+
+    def output_key(self, name: str, attempt: int) -> str:
+        return f"{self.output_prefix}{self.version_dir(attempt)}/{name}"
 
     def manifest_key_fits(self) -> bool:
-        longest_output = max(len(MANIFEST_NAME), 40)
-        return len(self.output_prefix.encode()) + longest_output <= MAX_KEY_BYTES
+        """Do the manifest and every output key of this job stay within S3's key limit?"""
+        longest = max(len(MANIFEST_NAME), _MAX_VERSION_DIR_BYTES + 1 + MAX_OUTPUT_NAME_BYTES)
+        return len(self.output_prefix.encode()) + longest <= MAX_KEY_BYTES
 
     @property
     def done_key(self) -> str:
@@ -157,6 +173,20 @@ def parse_claim_key(key: str) -> ClaimKey | None:
     if m.group(4):
         return ClaimKey(job_id, attempt, ClaimKind.RELEASED)
     return ClaimKey(job_id, attempt, ClaimKind.CLAIM)
+
+
+def output_file_name(output_prefix: str, key: str) -> str | None:
+    """The file name of output ``key`` of the job whose outputs live under ``output_prefix``.
+
+    Outputs are ``<prefix><job hash>-<attempt>/<name>``; manifests written before
+    version folders existed list ``<prefix><name>``. None for any other key.
+    """
+    if not key.startswith(output_prefix):
+        return None
+    folder, sep, name = key[len(output_prefix) :].rpartition("/")
+    if sep and not _VERSION_DIR.fullmatch(folder):
+        return None
+    return name or None
 
 
 def split_input_key(key: str) -> tuple[str, str] | None:

@@ -30,6 +30,7 @@ from handlers.contract.manifest import iso, utc_now
 from handlers.jobs.retry import with_storage_retries
 from infra.storage.bucket import Bucket
 from infra.storage.errors import BucketError
+from infra.text import one_line
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
 
@@ -73,7 +74,7 @@ async def record_failure(
     body = json.dumps(
         {
             "kind": "transient",
-            "message": message,
+            "message": one_line(message, 1000),  # URLs in it redacted
             "attempt": attempt,
             "retry_at": iso(datetime.fromtimestamp(retry_at_ms / 1000, UTC)),
         },
@@ -93,7 +94,7 @@ async def release_claim(bucket: Bucket, ref: JobRef, attempt: int) -> bool:
         body = claim_body(released_at=iso(utc_now()))  # unique per caller
         await bucket.create_if_absent(ref.released_key(attempt), body)
     except BucketError as exc:
-        log.warning("claim_release_failed_expires_with_lease", error=str(exc))
+        log.warning("claim_release_failed_expires_with_lease", error=one_line(exc))
         return False
     return True
 
@@ -103,7 +104,7 @@ async def drop_claim(bucket: Bucket, claim_key: str) -> None:
     try:
         await bucket.delete(claim_key)
     except BucketError as exc:
-        log.warning("claim_delete_failed", claim=claim_key, error=str(exc))
+        log.warning("claim_delete_failed", claim=claim_key, error=one_line(exc))
 
 
 async def delete_claims(bucket: Bucket, ref: JobRef) -> None:

@@ -16,6 +16,7 @@ manifest and the record again (a job may so appear twice in the feed; never zero
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import structlog
@@ -27,8 +28,10 @@ from handlers.jobs.claims import delete_claims
 from handlers.jobs.retry import with_storage_retries
 from handlers.jobs.webhooks import notify_in_background
 from infra.storage.bucket import Bucket
+from infra.text import one_line
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
+_DELETE_CONCURRENCY = 4
 
 
 async def current_etag(bucket: Bucket, key: str) -> str | None:
@@ -38,6 +41,31 @@ async def current_etag(bucket: Bucket, key: str) -> str | None:
         if obj.key == key:
             return obj.etag
     return None
+
+
+async def discard_outputs(bucket: Bucket, keys: list[str]) -> None:
+    """Best effort: delete the outputs of an attempt that will not publish them.
+
+    Only an attempt that never won the fence calls this (superseded, fenced, lease
+    lost, failed before its commit). Its keys are its own (``<job hash>-<attempt>/``,
+    handlers/contract/keys.py), so no other attempt's or version's files can go. A
+    delete that fails leaves an unreferenced file behind, never a broken manifest.
+    """
+    if not keys:
+        return
+    limit = asyncio.Semaphore(_DELETE_CONCURRENCY)
+
+    async def delete_one(key: str) -> bool:
+        async with limit:
+            try:
+                await bucket.delete(key)
+            except Exception as exc:  # cleanup must never turn into the job's error
+                log.warning("output_not_deleted", output=key, error=one_line(exc))
+                return False
+            return True
+
+    deleted = sum(await asyncio.gather(*(delete_one(k) for k in keys)))
+    log.info("outputs_discarded", deleted=deleted, of=len(keys))
 
 
 async def publish_manifest(
@@ -82,7 +110,7 @@ async def record_completion(bucket: Bucket, ref: JobRef, *, failed: bool) -> boo
         key = await write_feed_record(bucket, ref, failed=failed)
     except Exception as exc:  # after the fence nothing may fail the job
         # The claims stay, so the next tick's repair writes the record (and manifest) again.
-        log.error("feed_record_not_written", error=str(exc))
+        log.error("feed_record_not_written", error=one_line(exc))
         return False
     log.debug("feed_record_written", feed_key=key)
     return True

@@ -22,6 +22,7 @@ from handlers.jobs.outcome import JobOutcome, JobStatus
 from handlers.jobs.retry import backoff_delay
 from handlers.jobs.spec import JobSpec
 from infra.storage.bucket import Bucket
+from infra.text import one_line
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
 
@@ -63,5 +64,5 @@ async def record_transient_failure(
         log.info("retry_scheduled", retry_in_s=round(delay, 1), error=message)
         return JobOutcome(JobStatus.RETRY, message)
     except Exception as exc:  # storage is down: the lease expiry retries the job
-        log.error("failure_not_recorded", error=str(exc))
+        log.error("failure_not_recorded", error=one_line(exc))
         return JobOutcome(JobStatus.RETRY, message)

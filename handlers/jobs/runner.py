@@ -4,9 +4,16 @@ It orchestrates; the steps live beside it in handlers/jobs/: ``lease`` (the
 heartbeat), ``manifests`` (building manifest.json), ``commit`` (fence, manifest,
 feed record, claim cleanup), ``failures`` (retry or give up), ``webhooks``.
 Bucket I/O happens only in this package: here (the done check, the input's
-download, the outputs' upload), in ``claims`` (every claim-family key, heartbeats
-included), ``commit`` and ``webhooks`` (delivery records). Handlers are pure
-file-to-file functions called in a thread while the lease heartbeats.
+download, the outputs' upload, the check that the claimed version still exists
+before the commit), in ``claims`` (every claim-family key, heartbeats included),
+``commit`` (and deleting an unpublished attempt's uploads) and ``webhooks``
+(delivery records). Handlers are pure file-to-file functions called in a thread
+while the lease heartbeats.
+
+Each attempt uploads into its own version folder (``JobRef.version_dir``). An
+attempt that ends without winning the fence (superseded, fenced, lease lost,
+failed before its commit) deletes what it uploaded; after the fence, its files
+belong to the done marker and are never deleted here.
 
 Every log line of a job carries its route, key, etag, attempt, worker and job id:
 ``run`` binds them as structlog context variables, which ``asyncio.to_thread``
@@ -32,11 +39,11 @@ from pydantic import ValidationError
 from structlog.typing import FilteringBoundLogger
 
 from gpu.device import DeviceInfo
-from handlers.contract.keys import unsafe_rel_reason
+from handlers.contract.keys import MAX_KEY_BYTES, unsafe_rel_reason
 from handlers.contract.manifest import ErrorKind, Manifest, OutputInfo, RuntimeInfo, utc_now
-from handlers.exceptions import HandlerConfigError, InputError
+from handlers.exceptions import HandlerConfigError, InputError, TransientError
 from handlers.jobs.claims import drop_claim
-from handlers.jobs.commit import commit
+from handlers.jobs.commit import commit, current_etag, discard_outputs
 from handlers.jobs.failures import record_transient_failure
 from handlers.jobs.lease import Lease, LeaseLost
 from handlers.jobs.manifests import build_manifest, failed_manifest
@@ -48,7 +55,7 @@ from handlers.registry import get_handler
 from infra.hashing import sha256_and_size
 from infra.storage.bucket import Bucket
 from infra.storage.errors import BucketError, ObjectNotFound, PreconditionFailed
-from infra.text import one_line
+from infra.text import one_line, quoted, redacted_traceback
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
 
@@ -102,6 +109,9 @@ class JobRunner:
         t_start = time.monotonic()
         timings: dict[str, float | None] = {"download_s": None, "process_s": None, "upload_s": None}
         handler_ran = False
+        # Output keys this attempt wrote (or may have): deleted unless it wins the fence.
+        uploaded: list[str] = []
+        committing = False
         try:
             async with lease:
                 scratch.mkdir(parents=True, exist_ok=True)
@@ -115,7 +125,7 @@ class JobRunner:
                         job, handler, params, input_path, scratch, lease, timings
                     )
                     lease.check()
-                    outputs = await self._upload(job, result.outputs, lease, timings)
+                    outputs = await self._upload(job, result.outputs, lease, timings, uploaded)
                     lease.check()
                     manifest = build_manifest(
                         job,
@@ -141,25 +151,36 @@ class JobRunner:
                         started_at=started_at,
                         timings=timings,
                     )
+                await self._check_still_current(job)
                 lease.check()
                 # No heartbeat may land after the commit deletes the claim.
                 await lease.stop()
                 manifest = self._with_runtime_extra(manifest, time.monotonic() - t_start)
-                return await self._commit(job, manifest, handler_ran)
+                # From here the outputs may belong to a won fence: never discarded below.
+                committing = True
+                outcome = await self._commit(job, manifest, handler_ran)
+                if outcome.status is JobStatus.FENCED:
+                    await discard_outputs(self.bucket, uploaded)
+                return outcome
         except _Superseded as exc:  # nothing to do: drop the claim
             log.info("job_superseded", reason=str(exc))
+            await discard_outputs(self.bucket, uploaded)
             await drop_claim(self.bucket, job.claim_key)
             return JobOutcome(JobStatus.SUPERSEDED, str(exc), handler_ran=handler_ran)
         except LeaseLost as exc:
-            # Do not commit: another watcher may be running this job now.
+            # Do not commit: another watcher may be running this job now (another
+            # attempt, so its outputs are under another folder than ours).
             log.error("job_lease_lost", error=str(exc))
+            await discard_outputs(self.bucket, uploaded)
             return JobOutcome(JobStatus.LEASE_LOST, str(exc), handler_ran=handler_ran)
         except Exception as exc:
             message = one_line(f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc))
-            if isinstance(exc, BucketError | OSError | MemoryError | TimeoutError):
+            if isinstance(exc, BucketError | OSError | MemoryError | TimeoutError | TransientError):
                 log.warning("job_attempt_failed", error=message)
-            else:
-                log.exception("job_attempt_crashed")  # unexpected; retried as transient
+            else:  # unexpected; retried as transient. Not log.exception: URLs get redacted.
+                log.error("job_attempt_crashed", error=message, traceback=redacted_traceback(exc))
+            if not committing:  # the next attempt uploads to its own folder
+                await discard_outputs(self.bucket, uploaded)
             return await self._transient_failure(job, started_at, timings, message, handler_ran)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -173,21 +194,31 @@ class JobRunner:
             extra = dict(self.runtime_extra(wall_s))
             runtime = RuntimeInfo(**{**manifest.runtime.model_dump(), **extra})
         except Exception as exc:  # cost is informative; it never fails a job
-            log.warning("runtime_extra_failed", error=str(exc))
+            log.warning("runtime_extra_failed", error=one_line(exc))
             return manifest
         return manifest.model_copy(update={"runtime": runtime})
 
     # -- steps ---------------------------------------------------------------------
 
     def _check_job(self, job: JobSpec) -> tuple[HandlerParams, Handler]:
+        # Names are shown quoted: a trailing space or a control character must be visible.
         reason = unsafe_rel_reason(job.rel)
         if reason:
-            raise InputError(f"unsafe object key ({reason}); rename the file and drop it again")
+            raise InputError(
+                f"unsafe object key {quoted(job.ref.input_key)} ({reason}); "
+                "rename the file and drop it again"
+            )
+        if not job.ref.manifest_key_fits():
+            raise InputError(
+                f"object key too long: the outputs of {quoted(job.ref.input_key)} would pass "
+                f"S3's {MAX_KEY_BYTES}-byte key limit; use a shorter name or fewer folders"
+            )
+        name = PurePosixPath(job.rel).name
         suffix = PurePosixPath(job.rel).suffix.lower()
         if job.extensions and suffix not in job.extensions:
-            shown = suffix or "(no extension)"
+            shown = quoted(suffix) if suffix else "(no extension)"
             raise InputError(
-                f"unsupported file type {shown} for route '{job.route}'; "
+                f"unsupported file type {shown} for route {quoted(job.route)}: {quoted(name)}; "
                 f"accepted: {', '.join(sorted(job.extensions))}"
             )
         handler = get_handler(job.handler)
@@ -212,6 +243,22 @@ class JobRunner:
         listing = await with_storage_retries(lambda: self.bucket.list(key))
         if any(o.key == key for o in listing.objects):
             raise _Superseded("another attempt already committed this job")
+
+    async def _check_still_current(self, job: JobSpec) -> None:
+        """Stop before the fence when the claimed version is gone (one one-key LIST).
+
+        A result for bytes deleted or replaced while the job ran is not published: a
+        consumer would get a manifest (and a feed record) for an input that no longer
+        exists, or one version's result under the next one's name. Dropped instead,
+        like a claim whose input went before its download; the newer bytes are their
+        own job. What remains: a change between this LIST and the fence (one request);
+        the commit's own check after the fence still keeps a replaced input's manifest.
+        """
+        etag = await current_etag(self.bucket, job.ref.input_key)
+        if etag is None:
+            raise _Superseded("input was deleted while the job ran")
+        if etag != job.etag:
+            raise _Superseded("input was replaced by new bytes while the job ran")
 
     async def _download(
         self, job: JobSpec, scratch: Path, lease: Lease, timings: dict[str, float | None]
@@ -281,6 +328,7 @@ class JobRunner:
         outputs: list[OutputFile],
         lease: Lease,
         timings: dict[str, float | None],
+        uploaded: list[str],
     ) -> list[OutputInfo]:
         lease.set_phase("upload")
         names = [o.name for o in outputs]
@@ -292,7 +340,8 @@ class JobRunner:
         async def upload_one(out: OutputFile) -> OutputInfo:
             async with limit:
                 sha256, size = await asyncio.to_thread(sha256_and_size, out.path)
-                key = job.ref.output_key(out.name)
+                key = job.ref.output_key(out.name, job.attempt)
+                uploaded.append(key)  # before the PUT: a failed one may still have landed
                 await with_storage_retries(
                     lambda: self.bucket.put_file(key, out.path, content_type=out.content_type)
                 )

@@ -44,7 +44,7 @@ from handlers.contract.signature import (
 )
 from handlers.jobs.retry import backoff_delay, with_storage_retries
 from infra.storage.bucket import Bucket
-from infra.text import redact_url
+from infra.text import one_line, redact_url, redacted_traceback
 from infra.version import dropgpu_version
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
@@ -160,9 +160,10 @@ async def deliver(
                     await resp.read()
                 error = None
             except aiohttp.InvalidURL as exc:
-                return record("rejected", f"invalid URL: {exc}")
+                return record("rejected", one_line(f"invalid URL: {exc}"))
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                status, error = None, f"{type(exc).__name__}: {exc}".strip(": ")
+                # aiohttp quotes the full URL in its errors: one_line redacts it.
+                status, error = None, one_line(f"{type(exc).__name__}: {exc}".strip(": "))
             attempts.append(
                 Attempt(
                     at=iso(utc_now()) or "",
@@ -219,10 +220,16 @@ async def notify(
         try:
             await write_delivery_record(bucket, ref, rec)
         except Exception as exc:
-            log.warning("webhook_record_not_written", url=where, error=str(exc))
+            log.warning("webhook_record_not_written", url=where, error=one_line(exc))
         return rec
-    except Exception:
-        log.exception("webhook_delivery_crashed", url=where)
+    except Exception as exc:
+        # Not log.exception: the traceback's messages may quote the URL.
+        log.error(
+            "webhook_delivery_crashed",
+            url=where,
+            error=one_line(exc),
+            traceback=redacted_traceback(exc),
+        )
         return None
 
 
