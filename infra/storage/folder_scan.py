@@ -71,7 +71,7 @@ def skipped_for_error(rel: str, e: Exception) -> SkippedEntry:
     if isinstance(e, LinkRefused):
         return SkippedEntry(
             name,
-            "symlink",
+            e.kind,
             f"a symlink that {e.why}: link to a file inside the bucket, or copy the file in",
         )
     if isinstance(e, NotRegularFile):

@@ -131,6 +131,8 @@ class Look:
 
 
 def _probe(open_file: Callable[[], int]) -> Verdict:
+    if not _LEASES:
+        return Verdict.UNKNOWN  # do not open what cannot be asked
     try:
         fd = open_file()
     except (OSError, DropgpuError):  # unreadable, gone or refused: hashing reports it

@@ -48,8 +48,8 @@ class SymlinkInPath(UnsafeKeyError):
 
     def __init__(self, rel: str) -> None:
         super().__init__(
-            f"{printable(rel)!r} in the bucket folder is a symlink; the folder bucket never "
-            "writes, deletes or reads through one (replace the link with a real folder or file)"
+            f"{printable(rel)!r} in the bucket folder is a symlink: the folder bucket never "
+            "follows a link on the way to a key (replace it with a real folder)"
         )
         self.rel = rel
 
@@ -57,10 +57,11 @@ class SymlinkInPath(UnsafeKeyError):
 class LinkRefused(UnsafeKeyError):
     """A symlinked file that may not be read: its target is outside, missing, a loop, ..."""
 
-    def __init__(self, rel: str, why: str) -> None:
+    def __init__(self, rel: str, why: str, kind: str = "symlink") -> None:
         super().__init__(f"{printable(rel)!r} is a symlink that {why}")
         self.rel = rel
         self.why = why
+        self.kind = kind  # "symlink" | "symlink_loop"
 
 
 class NotRegularFile(ObjectNotFound):
@@ -187,7 +188,9 @@ def open_regular(root: Path, segments: Sequence[str]) -> int:
                 raise
             raise LinkRefused(key_rel, _why_refused(e)) from e
         segs = resolve_link(root, segs[:-1], target, key_rel)
-    raise LinkRefused(key_rel, f"starts a chain of more than {MAX_LINK_HOPS} links (a loop?)")
+    raise LinkRefused(
+        key_rel, f"starts a loop (or a chain of more than {MAX_LINK_HOPS} links)", "symlink_loop"
+    )
 
 
 def _why_refused(e: Exception) -> str:
