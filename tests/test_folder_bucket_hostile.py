@@ -34,7 +34,7 @@ from handlers.jobs.spec import JobSpec
 from infra.storage.bucket import Listing
 from infra.storage.errors import ObjectNotFound, UnsafeKeyError
 from infra.storage.etag_cache import FileStat
-from infra.storage.in_flight import Verdict, WriteTracker, write_verdict
+from infra.storage.in_flight import Verdict, WriteTracker, leases_work, write_verdict
 from infra.storage.local import LocalFolderBucket
 from tests.pipeline_helpers import counting_route, make_config, tick_and_run
 from watcher.state import DecisionState
@@ -604,10 +604,10 @@ def test_a_stalled_copy_is_claimed_only_once_complete(root: Path, tmp_path: Path
     assert (spec.etag, spec.size) == (md5(full), len(full))
 
 
-def test_without_leases_two_looks_tell_a_changing_file() -> None:
+def test_without_leases_two_looks_tell_a_changing_file(tmp_path: Path) -> None:
     """Where no lease can be taken (an opener that cannot open stands for that here),
     a stat that moved between two looks of one bucket object still means 'writing'."""
-    tracker = WriteTracker()
+    tracker = WriteTracker(tmp_path / "state")
 
     def cannot_open() -> int:
         raise PermissionError(13, "Permission denied")
@@ -657,3 +657,11 @@ def _probe_verdicts(path: Path) -> None:
         assert write_verdict(fd) is Verdict.CLOSED
     finally:
         os.close(fd)
+
+
+def test_the_lease_self_check_passes_on_a_local_folder(tmp_path: Path) -> None:
+    """The once-per-bucket check that decides whether leases are trusted at all."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("file leases are Linux-only; elsewhere only the two-look rule applies")
+    assert leases_work(tmp_path / "state") is True
+    assert list((tmp_path / "state").iterdir()) == []  # its probe file is gone

@@ -15,7 +15,10 @@ How it tells, best first:
    filesystem with leases (local ones do; NFS and many FUSE mounts do not). The
    lease is released at once. While it is held, a writer's open() would wait
    for its release and the kernel would signal the holder; the signal is set to
-   SIGURG (ignored by default) so it can never kill the process.
+   SIGURG (ignored by default) so it can never kill the process. Each bucket
+   object first checks, once, on a file of its own in ``.dropgpu/``, that a lease
+   really tells a writer from none here; if not, it uses rule 2 only (a
+   mechanism that always said "open" would stop every job from settling).
 2. Otherwise, two looks by this bucket object: a file whose (size, mtime,
    inode, ctime) changed since the last listing is still changing.
 
@@ -40,11 +43,19 @@ import fcntl
 import os
 import signal
 import sys
+import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from structlog.typing import FilteringBoundLogger
 
 from infra.errors import DropgpuError
 from infra.storage.etag_cache import FileStat
+
+log: FilteringBoundLogger = structlog.get_logger(__name__)
 
 _LEASES = sys.platform.startswith("linux") and hasattr(fcntl, "F_SETLEASE")
 _F_SETSIG = getattr(fcntl, "F_SETSIG", 10)  # Linux's value on every common architecture
@@ -78,23 +89,77 @@ def write_verdict(fd: int) -> Verdict:
 
 
 class WriteTracker:
-    """This bucket object's memory of the files it listed: stat and write verdict per key."""
+    """This bucket object's memory of the files it listed: stat and write verdict per key.
 
-    def __init__(self) -> None:
+    ``state_dir`` is where the one-time lease self-check may create a file.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self._state_dir = state_dir
+        self._leases: bool | None = None if _LEASES else False
         self._looks: OrderedDict[str, dict[str, tuple[FileStat, Verdict]]] = OrderedDict()
+        # Route prefixes are listed in parallel threads.
+        self._lock = threading.Lock()
 
     def look(self, prefix: str, *, remember: bool) -> Look:
         """One listing's checks; ``remember`` (a full listing) replaces the prefix's memory."""
-        previous = self._looks.get(prefix, {})
-        if remember:
-            self._looks.pop(prefix, None)
+        with self._lock:
+            previous = self._looks.get(prefix, {})
         return Look(self, prefix, previous, remember)
 
     def _store(self, prefix: str, seen: dict[str, tuple[FileStat, Verdict]]) -> None:
-        self._looks[prefix] = seen
-        self._looks.move_to_end(prefix)
-        while len(self._looks) > MAX_PREFIXES:
-            self._looks.popitem(last=False)
+        with self._lock:
+            self._looks[prefix] = seen
+            self._looks.move_to_end(prefix)
+            while len(self._looks) > MAX_PREFIXES:
+                self._looks.popitem(last=False)
+
+    def probe(self, open_file: Callable[[], int]) -> Verdict:
+        if self._leases is None:
+            with self._lock:
+                if self._leases is None:
+                    self._leases = leases_work(self._state_dir)
+                    log.debug("file_leases_checked", usable=self._leases)
+        if not self._leases:
+            return Verdict.UNKNOWN  # do not open what cannot be asked
+        try:
+            fd = open_file()
+        except (OSError, DropgpuError):  # unreadable, gone or refused: hashing reports it
+            return Verdict.UNKNOWN
+        try:
+            return write_verdict(fd)
+        finally:
+            os.close(fd)
+
+
+def leases_work(state_dir: Path) -> bool:
+    """Do leases here tell a file open for writing from a closed one? Tried on a file of ours."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        wfd, name = tempfile.mkstemp(prefix="lease-check-", dir=state_dir)
+    except OSError:
+        return False
+    try:
+        os.write(wfd, b"x")
+        while_open = _verdict_of(name)
+        os.close(wfd)
+        wfd = -1
+        return while_open is Verdict.OPEN and _verdict_of(name) is Verdict.CLOSED
+    except OSError:
+        return False
+    finally:
+        if wfd >= 0:
+            os.close(wfd)
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+
+
+def _verdict_of(path: str) -> Verdict:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return write_verdict(fd)
+    finally:
+        os.close(fd)
 
 
 class Look:
@@ -117,7 +182,7 @@ class Look:
         if prev is not None and prev[0] == st and prev[1] is not Verdict.OPEN:
             verdict, writing = prev[1], False  # seen at this very stat, and not open
         else:
-            verdict = _probe(open_file)
+            verdict = self._tracker.probe(open_file)
             if verdict is Verdict.UNKNOWN:
                 writing = prev is not None and prev[0] != st  # changed between two looks
             else:
@@ -128,16 +193,3 @@ class Look:
     def done(self) -> None:
         if self._remember:
             self._tracker._store(self._prefix, self._seen)
-
-
-def _probe(open_file: Callable[[], int]) -> Verdict:
-    if not _LEASES:
-        return Verdict.UNKNOWN  # do not open what cannot be asked
-    try:
-        fd = open_file()
-    except (OSError, DropgpuError):  # unreadable, gone or refused: hashing reports it
-        return Verdict.UNKNOWN
-    try:
-        return write_verdict(fd)
-    finally:
-        os.close(fd)

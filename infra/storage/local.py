@@ -93,7 +93,7 @@ class LocalFolderBucket(Bucket):
         self.url = self.root.as_uri()
         self.stats = RequestStats()
         self._cache = EtagCache(self.root / STATE_DIR / _CACHE_FILE)
-        self._writes = WriteTracker()
+        self._writes = WriteTracker(self.root / STATE_DIR)
 
     def __repr__(self) -> str:
         return f"LocalFolderBucket({str(self.root)!r})"
