@@ -185,23 +185,24 @@ class FolderScan:
             self.out.skip(key, "unaddressable_name", _rename_hint(problem))
             return
         segments = key.split("/")  # its folders were checked on the way down
-        opener = partial(open_regular, self.root, segments)
+        reopen = partial(open_regular, self.root, segments)  # for hashing, after the walk
         if entry.is_symlink():
             # A file link counts when it leads to a regular file inside the bucket,
             # resolved by our own walk (the same one a read uses).
-            link_fd = open_regular(self.root, segments)
+            link_fd = reopen()
             try:
                 st = FileStat.of(os.fstat(link_fd))
             finally:
                 os.close(link_fd)
+            probe_open = reopen
         else:
             raw = entry.stat(follow_symlinks=False)
             if not stat.S_ISREG(raw.st_mode):
                 raise NotRegularFile(key, raw.st_mode)
             st = FileStat.of(raw)
-            opener = partial(open_file_at, fd, name, key)  # while fd is open: probes only
-        writing = self.being_written(key, st, opener)
-        self.out.found.append(Found(key, partial(open_regular, self.root, segments), st, writing))
+            probe_open = partial(open_file_at, fd, name, key)  # fd is open during the walk only
+        writing = self.being_written(key, st, probe_open)
+        self.out.found.append(Found(key, reopen, st, writing))
 
     def _subfolder(self, fd: int, name: str, sub: str) -> None:
         # Only descend where keys can still start with the prefix and sort after start_after.
