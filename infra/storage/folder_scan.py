@@ -69,11 +69,14 @@ def skipped_for_error(rel: str, e: Exception) -> SkippedEntry:
             "folder links (move the folder itself into the bucket)",
         )
     if isinstance(e, LinkRefused):
-        return SkippedEntry(
-            name,
-            e.kind,
-            f"a symlink that {e.why}: link to a file inside the bucket, or copy the file in",
+        cause = e.__cause__
+        to_folder = isinstance(cause, NotRegularFile) and stat.S_ISDIR(cause.mode)
+        hint = (
+            "dropgpu does not follow folder links (move the folder itself into the bucket)"
+            if to_folder
+            else "link to a file inside the bucket, or copy the file in"
         )
+        return SkippedEntry(name, e.kind, f"a symlink that {e.why}: {hint}")
     if isinstance(e, NotRegularFile):
         return SkippedEntry(
             name,
@@ -83,12 +86,10 @@ def skipped_for_error(rel: str, e: Exception) -> SkippedEntry:
     if isinstance(e, OSError):
         text = e.strerror or str(e)
         if e.errno == errno.ELOOP:
-            return SkippedEntry(name, "symlink_loop", f"a symlink loop ({text}): fix or remove it")
+            return SkippedEntry(name, "symlink_loop", "a symlink loop: fix or remove the link")
         if e.errno in (errno.EACCES, errno.EPERM):
             return SkippedEntry(
-                name,
-                "unreadable",
-                f"permission denied ({text}): let the user running dropgpu read it",
+                name, "unreadable", "permission denied: let the user running dropgpu read it"
             )
         if e.errno == errno.ENAMETOOLONG:
             return SkippedEntry(name, "unaddressable_name", f"{text}: use a shorter name")
