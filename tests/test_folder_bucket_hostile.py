@@ -32,7 +32,7 @@ from handlers.jobs.outcome import JobStatus
 from handlers.jobs.runner import JobRunner
 from handlers.jobs.spec import JobSpec
 from infra.storage.bucket import Listing
-from infra.storage.errors import ObjectNotFound, UnsafeKeyError
+from infra.storage.errors import BucketConfigError, ObjectNotFound, UnsafeKeyError
 from infra.storage.etag_cache import FileStat
 from infra.storage.in_flight import Verdict, WriteTracker, leases_work, write_verdict
 from infra.storage.local import LocalFolderBucket
@@ -665,3 +665,20 @@ def test_the_lease_self_check_passes_on_a_local_folder(tmp_path: Path) -> None:
         pytest.skip("file leases are Linux-only; elsewhere only the two-look rule applies")
     assert leases_work(tmp_path / "state") is True
     assert list((tmp_path / "state").iterdir()) == []  # its probe file is gone
+
+
+def test_a_bucket_folder_removed_under_a_running_bucket_is_a_config_error(root: Path) -> None:
+    bucket = LocalFolderBucket(root)
+    shutil.rmtree(root)
+
+    async def scenario() -> None:
+        for call in (
+            bucket.list("inputs/"),
+            bucket.put_bytes("outputs/x", b"x"),
+            bucket.get_bytes("outputs/x"),
+            bucket.delete("outputs/x"),
+        ):
+            with pytest.raises(BucketConfigError, match="no longer exists"):
+                await call
+
+    run(scenario())

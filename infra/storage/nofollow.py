@@ -31,7 +31,7 @@ import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from infra.storage.errors import ObjectNotFound, UnsafeKeyError
+from infra.storage.errors import BucketConfigError, ObjectNotFound, UnsafeKeyError
 from infra.storage.folder_keys import STATE_DIR, name_problem, printable
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -92,7 +92,12 @@ def _rel(segments: Sequence[str]) -> str:
 
 
 def open_root(root: Path) -> int:
-    return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError) as e:
+        raise BucketConfigError(
+            f"bucket folder {str(root)!r} no longer exists or is not a folder"
+        ) from e
 
 
 def open_dir(parent: int, name: str, rel: str, *, create: bool = False) -> int:
