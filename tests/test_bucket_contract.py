@@ -503,10 +503,20 @@ def test_local_rejects_unsafe_prefixes_and_symlink_escapes(tmp_path: Path) -> No
             await bucket.put_bytes("inputs/link/new.txt", b"x")
         with pytest.raises(UnsafeKeyError):
             await bucket.get_bytes("inputs/file-link")
-        with pytest.raises(UnsafeKeyError):
-            await bucket.list("inputs/link/")
-        # Listing neither follows the directory link nor shows the escaping file link.
-        assert (await bucket.list("")).objects == []
+        # A listing through the folder link is empty and says why (issue 11 point 5:
+        # one bad entry, even the prefix itself, never fails a listing).
+        through = await bucket.list("inputs/link/")
+        assert through.objects == []
+        assert [(e.name, e.kind) for e in through.skipped] == [("inputs/link/", "symlink")]
+        # Listing neither follows the directory link nor shows the escaping file link,
+        # and it names both.
+        everything = await bucket.list("")
+        assert everything.objects == []
+        assert [(e.name, e.kind) for e in everything.skipped] == [
+            ("inputs/file-link", "symlink"),
+            ("inputs/link", "symlink"),
+        ]
+        assert "outside the bucket" in everything.skipped[0].reason
         with pytest.raises(UnsafeKeyError, match="never deletes inputs"):
             await bucket.delete("inputs/anything.wav")
 

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import os
 import sqlite3
+import stat
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from typing import TypeVar
 
 import structlog
 from structlog.typing import FilteringBoundLogger
+
+from infra.errors import DropgpuError
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -48,24 +51,54 @@ class FileStat:
         return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
-def hash_stable(path: Path) -> tuple[str, FileStat, bool] | None:
-    """(md5, stat after, unchanged during hashing?) or None when the file vanished."""
+# How the listing hands over a file: its path (outside the folder bucket, in tests)
+# or a function that opens it safely (infra.storage.nofollow) and returns a descriptor.
+OpenFile = Callable[[], int]
+Source = Path | OpenFile
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+
+
+def _open(source: Source) -> int:
+    if isinstance(source, Path):
+        return os.open(source, _OPEN_FLAGS)  # O_NONBLOCK: a FIFO cannot hang the listing
+    return source()
+
+
+def hash_stable(source: Source) -> tuple[str, FileStat, bool] | None:
+    """(md5, stat after, unchanged during hashing?), or None when the file vanished or
+    is no regular file any more; other errors (EACCES, EIO, ...) are raised."""
     try:
-        with open(path, "rb") as f:
-            before = FileStat.of(os.fstat(f.fileno()))
-            md5 = hashlib.md5(usedforsecurity=False)
-            while chunk := f.read(_CHUNK):
-                md5.update(chunk)
-            after = FileStat.of(os.fstat(f.fileno()))
-    except (FileNotFoundError, IsADirectoryError):
+        fd = _open(source)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
-    except OSError as e:
-        # One unreadable file must not stop every listing of the folder.
-        log.warning("skipping_unreadable_file", path=str(path), error=str(e))
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
         return None
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        before = FileStat.of(st)
+        md5 = hashlib.md5(usedforsecurity=False)
+        while chunk := f.read(_CHUNK):
+            md5.update(chunk)
+        after = FileStat.of(os.fstat(fd))
     # Written to while we hashed (a sync tool still copying): report it but do
     # not cache; its fresh mtime keeps it unsettled and the next listing re-hashes.
     return md5.hexdigest(), after, before == after
+
+
+_Hashed = tuple[str, FileStat, bool]
+
+
+def _hash_one(item: tuple[str, Source]) -> tuple[str, _Hashed | Exception | None]:
+    key, source = item
+    try:
+        return key, hash_stable(source)
+    except (OSError, DropgpuError) as e:  # unreadable, or refused by the safe opener
+        return key, e
 
 
 class EtagCache:
@@ -85,19 +118,22 @@ class EtagCache:
     def etags(
         self,
         prefix: str,
-        files: Sequence[tuple[str, Path, FileStat]],
+        files: Sequence[tuple[str, Source, FileStat]],
         *,
         start_after: str | None = None,
+        on_error: Callable[[str, Exception], None] | None = None,
     ) -> dict[str, tuple[str, FileStat]]:
-        """ETag and stat of each listed ``(key, path, stat)``; only new or changed files are read.
+        """ETag and stat of each listed ``(key, source, stat)``; only new or changed files are read.
 
         ``files`` is everything a listing of ``prefix`` found (after ``start_after``);
         cached keys under ``prefix`` it did not find are forgotten. A file that
-        vanished while it was hashed is left out of the answer.
+        vanished while it was hashed is left out of the answer; one that could not
+        be read is left out too and handed to ``on_error`` (key, error), so one bad
+        file never fails the listing.
         """
         cached = self.load(prefix)
         out: dict[str, tuple[str, FileStat]] = {}
-        todo: list[tuple[str, Path]] = []
+        todo: list[tuple[str, Source]] = []
         for key, path, st in files:
             hit = cached.get(key)
             if hit is not None and hit[0] == st:
@@ -108,8 +144,12 @@ class EtagCache:
         fresh: dict[str, tuple[FileStat, str]] = {}
         if todo:
             with ThreadPoolExecutor(max_workers=min(HASH_WORKERS, len(todo))) as pool:
-                results = list(pool.map(lambda t: (t[0], hash_stable(t[1])), todo))
+                results = list(pool.map(_hash_one, todo))
             for key, res in results:
+                if isinstance(res, Exception):
+                    if on_error is not None:
+                        on_error(key, res)
+                    continue
                 if res is None:
                     continue  # vanished while hashing
                 etag, st_after, stable = res

@@ -8,8 +8,19 @@ It keeps the S3 semantics dropgpu relies on:
 - create-if-absent is ``link(tmp, final)``, which fails if ``final`` exists, so it
   is exclusive across processes and the object is complete the moment it appears.
 
-Keys never become arbitrary paths: unsafe keys raise UnsafeKeyError, and the
-resolved path must stay under the root (symlinks cannot lead out of it).
+Keys never become arbitrary paths (infra.storage.folder_keys), and no operation
+follows a symlink on the way to a key (infra.storage.nofollow): every folder is
+opened relative to its parent's descriptor with O_NOFOLLOW, and the final
+open/rename/link/unlink happens in the last one. A symlink on a write or delete
+path is an UnsafeKeyError; deletes act on exactly the key's own name. Reads
+follow only a *file* link whose target, resolved by that same walk, is a regular
+file inside the bucket, and open with O_NONBLOCK + fstat, so a FIFO or device
+swapped in at a key is refused instead of hanging the reader.
+
+Listings never fail because of one entry (infra.storage.folder_scan): what
+cannot be an object is reported in ``Listing.skipped``. A file another process
+still has open for writing is listed as modified "now" so it keeps settling
+(infra.storage.in_flight).
 """
 
 from __future__ import annotations
@@ -19,10 +30,9 @@ import contextlib
 import errno
 import hashlib
 import os
-import re
 import secrets
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,19 +50,19 @@ from infra.storage.errors import (
     UnsafeKeyError,
 )
 from infra.storage.etag_cache import EtagCache, FileStat
+from infra.storage.folder_keys import STATE_DIR, TMP_MARK, validate_key, validate_prefix
+from infra.storage.folder_scan import FolderScan, skipped_for_error
+from infra.storage.in_flight import WriteTracker
+from infra.storage.nofollow import SymlinkInPath, folders, open_regular
+
+__all__ = ["LocalFolderBucket", "validate_key"]
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 _CHUNK = 1024 * 1024
-# Internal state of this backend lives at root/.dropgpu; it is never a key.
-_STATE_DIR = ".dropgpu"
 _CACHE_FILE = "etag-cache.sqlite3"
-# Our in-flight temp files: ".<name prefix>.dropgpu-tmp-<16 hex>".
-_TMP_MARK = ".dropgpu-tmp-"
-_TMP_RE = re.compile(r"^\..*\.dropgpu-tmp-[0-9a-f]{16}$", re.DOTALL)
-_NAME_MAX = 255  # bytes per path component on the usual Linux/macOS filesystems
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # Worth retrying later: space freed, network filesystem back, lock released.
 _TRANSIENT_ERRNOS = {
     errno.ENOSPC,
@@ -69,67 +79,6 @@ def _utc(ts_ns: int) -> datetime:
     return datetime.fromtimestamp(ts_ns / 1e9, tz=UTC)
 
 
-def _check_chars(text: str, what: str) -> None:
-    if text.startswith("/"):
-        raise UnsafeKeyError(f"{what} {text!r} starts with '/'")
-    if "\\" in text:
-        raise UnsafeKeyError(f"{what} {text!r} contains a backslash")
-    if _CONTROL_RE.search(text):
-        raise UnsafeKeyError(f"{what} {text!r} contains a control character")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise UnsafeKeyError(f"{what} {text!r} is not valid UTF-8") from e
-
-
-def _check_segments(text: str, segments: list[str], what: str) -> None:
-    for seg in segments:
-        if seg in ("", ".", ".."):
-            raise UnsafeKeyError(f"{what} {text!r} has an empty, '.' or '..' path segment")
-        if len(seg.encode("utf-8")) > _NAME_MAX:
-            raise UnsafeKeyError(
-                f"{what} {text!r} has a segment longer than {_NAME_MAX} bytes, "
-                "which a local folder cannot store (use an S3 bucket or shorter names)"
-            )
-    if segments and segments[0] == _STATE_DIR:
-        raise UnsafeKeyError(f"{what} {text!r}: {_STATE_DIR}/ is reserved for the folder bucket")
-
-
-def _all_before(dir_key: str, start_after: str | None) -> bool:
-    """True when every key under ``dir_key`` ("a/b/") sorts at or before ``start_after``.
-
-    Keys under it all start with ``dir_key``; unless ``start_after`` itself starts
-    with it, they compare like ``dir_key`` does. (str order is code-point order,
-    which is UTF-8 byte order, S3's order.)
-    """
-    return start_after is not None and dir_key < start_after and not start_after.startswith(dir_key)
-
-
-def validate_key(key: str) -> list[str]:
-    """The key's path segments, or UnsafeKeyError when it cannot map to a file safely."""
-    if not isinstance(key, str) or not key:
-        raise UnsafeKeyError(f"empty or non-string key {key!r}")
-    _check_chars(key, "key")
-    segments = key.split("/")
-    _check_segments(key, segments, "key")
-    if _TMP_RE.match(segments[-1]):
-        raise UnsafeKeyError(f"key {key!r} looks like a dropgpu temp file")
-    return segments
-
-
-def _validate_prefix(prefix: str) -> list[str]:
-    """Segments of the directory part of a listing prefix (the rest is a string filter)."""
-    if not prefix:
-        return []
-    _check_chars(prefix, "prefix")
-    dir_part = prefix.rpartition("/")[0]
-    if not dir_part:
-        return []
-    segments = dir_part.split("/")
-    _check_segments(prefix, segments, "prefix")
-    return segments
-
-
 class LocalFolderBucket(Bucket):
     """A folder as a bucket. Safe to share between processes on one machine."""
 
@@ -139,28 +88,15 @@ class LocalFolderBucket(Bucket):
             raise BucketConfigError(
                 f"bucket folder {str(root)!r} does not exist or is not a folder"
             )
-        # realpath once: every key's resolved path is checked against it.
+        # realpath once: every walk starts at this folder; file links are resolved against it.
         self.root = Path(os.path.realpath(root))
         self.url = self.root.as_uri()
         self.stats = RequestStats()
-        self._cache = EtagCache(self.root / _STATE_DIR / _CACHE_FILE)
+        self._cache = EtagCache(self.root / STATE_DIR / _CACHE_FILE)
+        self._writes = WriteTracker(self.root / STATE_DIR)
 
     def __repr__(self) -> str:
         return f"LocalFolderBucket({str(self.root)!r})"
-
-    # -- paths -------------------------------------------------------------
-
-    def _path(self, key: str) -> Path:
-        segments = validate_key(key)
-        path = self.root.joinpath(*segments)
-        # A symlinked folder inside the bucket must not lead outside of it.
-        if not self._inside(path):
-            raise UnsafeKeyError(f"key {key!r} resolves outside the bucket folder")
-        return path
-
-    def _inside(self, path: Path | str) -> bool:
-        real = os.path.realpath(path)
-        return real == str(self.root) or real.startswith(str(self.root) + os.sep)
 
     async def _io(self, op: str, key: str, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking file I/O in a thread; OS errors become bucket errors."""
@@ -187,96 +123,63 @@ class LocalFolderBucket(Bucket):
 
     async def list(self, prefix: str, *, start_after: str | None = None) -> Listing:
         self.stats.add("list")
-        dir_segments = _validate_prefix(prefix)
-        objects = await self._io(
-            "list", prefix, self._list_sync, prefix, dir_segments, start_after or None
+        dir_segments = validate_prefix(prefix)
+        return await self._io("list", prefix, self._list_sync, prefix, dir_segments, start_after)
+
+    def _list_sync(self, prefix: str, dir_segments: list[str], start_after: str | None) -> Listing:
+        start_after = start_after or None
+        look = self._writes.look(prefix, remember=start_after is None)
+        scan = FolderScan(self.root, prefix, dir_segments, start_after, look.being_written).run()
+        skipped = scan.skipped
+
+        def unreadable(key: str, e: Exception) -> None:
+            skipped.append(skipped_for_error(key, e))
+
+        etags = self._cache.etags(
+            prefix,
+            [(f.key, f.open_file, f.stat) for f in scan.found],
+            start_after=start_after,
+            on_error=unreadable,
         )
-        return Listing(objects=objects, server_time=datetime.now(UTC), requests=1)
-
-    def _scan(
-        self, directory: Path, key_prefix: str, prefix: str, start_after: str | None = None
-    ) -> Iterator[tuple[str, Path, FileStat]]:
-        """(key, path, stat) of regular files below ``directory`` that may match ``prefix``."""
-        try:
-            it = os.scandir(directory)
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        with it:
-            for entry in it:
-                name = entry.name
-                if not key_prefix and name == _STATE_DIR:
-                    continue
-                key = key_prefix + name
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        sub = key + "/"
-                        # Only descend where keys can still start with the prefix
-                        # and can still sort after start_after.
-                        if (sub.startswith(prefix) or prefix.startswith(sub)) and not _all_before(
-                            sub, start_after
-                        ):
-                            yield from self._scan(Path(entry.path), sub, prefix, start_after)
-                        continue
-                    if start_after is not None and key <= start_after:
-                        continue  # not hashed, not even stat'ed
-                    if _TMP_RE.match(name):
-                        continue  # a write of ours in flight
-                    # A symlinked file counts only when it stays inside the bucket.
-                    if entry.is_symlink() and not self._inside(entry.path):
-                        log.warning("skipping_symlink_outside_bucket", key=key)
-                        continue
-                    if not entry.is_file():
-                        continue
-                    st = entry.stat()
-                except FileNotFoundError:
-                    continue  # deleted while we listed
-                try:
-                    validate_key(key)
-                except UnsafeKeyError as e:
-                    # e.g. a file name with a backslash or bytes that are not UTF-8:
-                    # it cannot be addressed as a key, so say so instead of failing later.
-                    log.warning("skipping_unaddressable_file", path=entry.path, reason=str(e))
-                    continue
-                yield key, Path(entry.path), FileStat.of(st)
-
-    def _list_sync(
-        self, prefix: str, dir_segments: list[str], start_after: str | None = None
-    ) -> list[ObjectInfo]:
-        start = self.root.joinpath(*dir_segments)
-        if not self._inside(start):
-            raise UnsafeKeyError(f"prefix {prefix!r} resolves outside the bucket folder")
-        key_prefix = "/".join(dir_segments) + "/" if dir_segments else ""
-        found = [
-            (k, p, s)
-            for k, p, s in self._scan(start, key_prefix, prefix, start_after)
-            if k.startswith(prefix)
-        ]
-        etags = self._cache.etags(prefix, found, start_after=start_after)
-        objects = [
-            ObjectInfo(key, etag, st.size, _utc(st.mtime_ns)) for key, (etag, st) in etags.items()
-        ]
+        look.done()
+        now = datetime.now(UTC)
+        objects = []
+        for f in scan.found:
+            if f.key not in etags:
+                continue  # vanished or unreadable (then in skipped)
+            etag, st = etags[f.key]
+            # Still open for writing, or changed while we hashed it: "modified now",
+            # so the settle rule waits for the writer instead of claiming half a file.
+            writing = f.being_written or st != f.stat
+            objects.append(ObjectInfo(f.key, etag, st.size, now if writing else _utc(st.mtime_ns)))
         # Python orders str by code point, which is S3's UTF-8 byte order.
         objects.sort(key=lambda o: o.key)
-        return objects
+        skipped.sort(key=lambda e: e.name)
+        return Listing(objects=objects, server_time=now, requests=1, skipped=skipped)
 
     # -- reads ---------------------------------------------------------------
 
+    def _open_object(self, key: str) -> int:
+        """A read descriptor of the object's regular file; ObjectNotFound when there is none."""
+        segments = validate_key(key)
+        try:
+            return open_regular(self.root, segments)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+            raise ObjectNotFound(f"{key!r} not found in {self.url}") from e
+        except ObjectNotFound as e:  # a FIFO, device, socket or folder at the key
+            raise ObjectNotFound(f"{key!r} not found in {self.url}: {e}") from e
+        except UnsafeKeyError as e:  # a symlinked folder, or a link leading out
+            raise UnsafeKeyError(f"cannot read {key!r}: {e}") from e
+
     async def get_to_file(self, key: str, dest: Path, *, if_match: str | None = None) -> ObjectInfo:
         self.stats.add("get")
-        path = self._path(key)
-        return await self._io("get", key, self._get_to_file_sync, key, path, Path(dest), if_match)
+        validate_key(key)
+        return await self._io("get", key, self._get_to_file_sync, key, Path(dest), if_match)
 
-    def _get_to_file_sync(
-        self, key: str, path: Path, dest: Path, if_match: str | None
-    ) -> ObjectInfo:
-        try:
-            src = open(path, "rb")  # noqa: SIM115 - closed below; one fd = one version
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
-            raise ObjectNotFound(f"{key!r} not found in {self.url}") from e
-        with src:
-            st = os.fstat(src.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise ObjectNotFound(f"{key!r} is not a file in {self.url}")
+    def _get_to_file_sync(self, key: str, dest: Path, if_match: str | None) -> ObjectInfo:
+        fd = self._open_object(key)
+        with os.fdopen(fd, "rb") as src:  # one descriptor = one version of the object
+            st = os.fstat(fd)
             md5 = hashlib.md5(usedforsecurity=False)
             dest.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -297,66 +200,82 @@ class LocalFolderBucket(Bucket):
 
     async def get_bytes(self, key: str) -> bytes:
         self.stats.add("get")
-        path = self._path(key)
-        try:
-            return await self._io("get", key, path.read_bytes)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
-            raise ObjectNotFound(f"{key!r} not found in {self.url}") from e
+        validate_key(key)
+        return await self._io("get", key, self._get_bytes_sync, key)
+
+    def _get_bytes_sync(self, key: str) -> bytes:
+        with os.fdopen(self._open_object(key), "rb") as f:
+            return f.read()
 
     # -- writes --------------------------------------------------------------
 
     async def put_file(self, key: str, src: Path, *, content_type: str) -> str:
         self.stats.add("put")
-        path = self._path(key)
-        return await self._io("put", key, self._write_sync, key, path, Path(src), None, False)
+        segments = validate_key(key)
+        return await self._io("put", key, self._write_sync, key, segments, Path(src), None, False)
 
     async def put_bytes(
         self, key: str, body: bytes, *, content_type: str = "application/json"
     ) -> str:
         self.stats.add("put")
-        path = self._path(key)
-        return await self._io("put", key, self._write_sync, key, path, None, bytes(body), False)
+        segments = validate_key(key)
+        return await self._io("put", key, self._write_sync, key, segments, None, bytes(body), False)
 
     async def create_if_absent(
         self, key: str, body: bytes, *, content_type: str = "application/json"
     ) -> bool:
         self.stats.add("create")
-        path = self._path(key)
+        segments = validate_key(key)
         try:
-            await self._io("create", key, self._write_sync, key, path, None, bytes(body), True)
+            await self._io("create", key, self._write_sync, key, segments, None, bytes(body), True)
         except FileExistsError:
             return False
         return True
 
-    def _open_tmp(self, key: str, path: Path) -> tuple[int, Path]:
-        """A fresh temp file beside ``path`` (same filesystem, so rename/link are atomic)."""
-        stem = path.name.encode("utf-8")[:100].decode("utf-8", "ignore")
-        not_a_folder = UnsafeKeyError(
-            f"key {key!r} cannot be stored in a local folder: a parent of it is a file "
-            "(S3 allows both 'a' and 'a/b', a folder cannot)"
-        )
-        for _ in range(5):
-            tmp = path.with_name(f".{stem}{_TMP_MARK}{secrets.token_hex(8)}")
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                # 0o666 & umask, like any file a user's tools would create.
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-            except (FileNotFoundError, FileExistsError) as e:
-                # FileNotFoundError: a concurrent delete() pruned the empty parent
-                # between mkdir and open. FileExistsError: mkdir met a file.
-                if isinstance(e, FileExistsError) and not path.parent.is_dir():
-                    raise not_a_folder from e
-                continue
-            except NotADirectoryError as e:
-                raise not_a_folder from e
-            return fd, tmp
-        raise BucketError(f"could not create a temp file for {key!r} in {str(path.parent)!r}")
-
     def _write_sync(
-        self, key: str, path: Path, src: Path | None, body: bytes | None, exclusive: bool
+        self,
+        key: str,
+        segments: list[str],
+        src: Path | None,
+        body: bytes | None,
+        exclusive: bool,
     ) -> str:
+        for _ in range(5):
+            try:
+                with folders(self.root, segments[:-1], create=True) as fds:
+                    etag = self._write_in(fds[-1], key, segments[-1], src, body, exclusive)
+            except SymlinkInPath as e:
+                raise UnsafeKeyError(f"refusing to write {key!r}: {e}") from e
+            except NotADirectoryError as e:
+                raise UnsafeKeyError(
+                    f"key {key!r} cannot be stored in a local folder: a parent of it is a file "
+                    "(S3 allows both 'a' and 'a/b', a folder cannot)"
+                ) from e
+            except FileNotFoundError:
+                # A concurrent delete() pruned an emptied folder on our way: walk again.
+                continue
+            if etag is not None:
+                return etag
+        raise BucketError(f"could not create a temp file for {key!r} in {self.url}")
+
+    def _write_in(
+        self,
+        dir_fd: int,
+        key: str,
+        name: str,
+        src: Path | None,
+        body: bytes | None,
+        exclusive: bool,
+    ) -> str | None:
+        """Write ``name`` in the folder ``dir_fd`` atomically; None: the folder was pruned."""
+        stem = name.encode("utf-8")[:100].decode("utf-8", "ignore")
+        tmp = f".{stem}{TMP_MARK}{secrets.token_hex(8)}"
+        try:
+            # 0o666 & umask, like any file a user's tools would create.
+            fd = os.open(tmp, _TMP_FLAGS, 0o666, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None  # the folder was removed after we opened it
         md5 = hashlib.md5(usedforsecurity=False)
-        fd, tmp = self._open_tmp(key, path)
         try:
             with os.fdopen(fd, "wb") as out:
                 if body is not None:
@@ -372,31 +291,48 @@ class LocalFolderBucket(Bucket):
                 os.fsync(out.fileno())
                 inode = os.fstat(out.fileno()).st_ino
             if exclusive:
-                self._link_exclusive(key, tmp, path)
+                self._link_exclusive(dir_fd, key, tmp, name)
             else:
-                try:
-                    os.replace(tmp, path)
-                except IsADirectoryError as e:
-                    raise UnsafeKeyError(
-                        f"key {key!r} cannot be stored in a local folder: it is a folder"
-                    ) from e
+                self._replace(dir_fd, key, tmp, name)
         finally:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        _fsync_dir(path.parent)
+                os.unlink(tmp, dir_fd=dir_fd)
+        with contextlib.suppress(OSError):  # best effort: not every platform syncs folders
+            os.fsync(dir_fd)
         etag = md5.hexdigest()
         # Spare the next listing from hashing what we just wrote, unless another
         # writer already replaced it (then the inode differs).
         with contextlib.suppress(OSError):
-            st = os.stat(path)
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             if st.st_ino == inode:
                 self._cache.store({key: (FileStat.of(st), etag)})
         return etag
 
     @staticmethod
-    def _link_exclusive(key: str, tmp: Path, path: Path) -> None:
+    def _replace(dir_fd: int, key: str, tmp: str, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            # rename() would replace the link itself, not write through it; still, a
+            # link where dropgpu writes is someone's trap or mistake: say so.
+            if stat.S_ISLNK(st.st_mode):
+                raise UnsafeKeyError(
+                    f"refusing to write {key!r}: it is a symlink in the bucket folder, and the "
+                    "folder bucket never writes through or over one (remove the link)"
+                )
         try:
-            os.link(tmp, path)  # FileExistsError when someone else created it first
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except (IsADirectoryError, OSError) as e:
+            if isinstance(e, IsADirectoryError) or e.errno in (errno.EISDIR, errno.ENOTEMPTY):
+                raise UnsafeKeyError(
+                    f"key {key!r} cannot be stored in a local folder: it is a folder"
+                ) from e
+            raise
+
+    @staticmethod
+    def _link_exclusive(dir_fd: int, key: str, tmp: str, name: str) -> None:
+        try:
+            # FileExistsError when anything, a link included, already has the name.
+            os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
         except FileExistsError:
             raise
         except OSError as e:
@@ -405,52 +341,58 @@ class LocalFolderBucket(Bucket):
             # No hard links here (some FUSE/SMB/exFAT mounts): O_EXCL keeps the create
             # exclusive, but a reader may briefly see a partial file.
             log.warning("no_hardlinks_fallback_to_o_excl", key=key, error=str(e))
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-            with os.fdopen(fd, "wb") as out, open(tmp, "rb") as f:
+            fd = os.open(name, _TMP_FLAGS, 0o666, dir_fd=dir_fd)
+            src = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            with os.fdopen(fd, "wb") as out, os.fdopen(src, "rb") as f:
                 while chunk := f.read(_CHUNK):
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
 
+    # -- deletes -------------------------------------------------------------
+
     async def delete(self, key: str) -> None:
         self.stats.add("delete")
-        path = self._path(key)
-        if key.split("/", 1)[0] == "inputs":
+        segments = validate_key(key)
+        if segments[0] == "inputs":
             raise UnsafeKeyError(f"refusing to delete {key!r}: dropgpu never deletes inputs")
-        await self._io("delete", key, self._delete_sync, path)
+        await self._io("delete", key, self._delete_sync, key, segments)
 
-    def _delete_sync(self, path: Path) -> None:
+    def _delete_sync(self, key: str, segments: list[str]) -> None:
         try:
-            os.unlink(path)
+            with folders(self.root, segments[:-1]) as fds:
+                if not _unlink_file(fds[-1], segments[-1]):
+                    return
+                # Prune folders emptied by the delete, like S3 where prefixes vanish
+                # with their last object; rmdir never follows a link. fds[i] is the
+                # folder segments[:i], named segments[i - 1] inside fds[i - 1].
+                for i in range(len(segments) - 1, 0, -1):
+                    if i == 1 and segments[0] == "inputs":
+                        break  # inputs/ is there for users to drop into
+                    try:
+                        os.rmdir(segments[i - 1], dir_fd=fds[i - 1])
+                    except OSError:
+                        break  # not empty (or gone): done
+        except SymlinkInPath as e:
+            raise UnsafeKeyError(f"refusing to delete {key!r}: {e}") from e
         except (FileNotFoundError, NotADirectoryError):
-            return
-        except IsADirectoryError:
-            return  # a folder is not an object: nothing to delete
-        # Prune folders emptied by the delete, like S3 where prefixes vanish with
-        # their last object; stop at the root and at inputs/ (created for users).
-        parent = path.parent
-        while parent != self.root and parent.parent != parent:
-            if parent == self.root / "inputs":
-                break
-            try:
-                os.rmdir(parent)
-            except OSError:
-                break  # not empty (or gone): done
-            parent = parent.parent
+            return  # no such folder, so no such object
 
     async def close(self) -> None:
         return None
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (best effort: not every platform can fsync a folder)."""
+def _unlink_file(dir_fd: int, name: str) -> bool:
+    """Remove ``name`` itself (a link is removed, never its target); False when it is
+    missing or a folder (a folder is not an object: nothing to delete)."""
     try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        os.unlink(name, dir_fd=dir_fd)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return False
+    except PermissionError:
+        # macOS answers EPERM for unlink(folder); anything else is a real error.
+        with contextlib.suppress(OSError):
+            if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                return False
+        raise
+    return True
