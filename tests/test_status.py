@@ -220,7 +220,6 @@ def test_a_failed_job_whose_manifest_is_gone_is_missing_too(
     run(scenario())
 
 
-@pytest.mark.xfail(strict=False, reason="needs the folder bucket's Listing.skipped")
 def test_status_shows_a_file_whose_name_cannot_be_a_key(tmp_path: Path) -> None:
     root = tmp_path / "bucket"
     (root / "inputs" / "count").mkdir(parents=True)
