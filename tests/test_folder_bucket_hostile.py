@@ -254,9 +254,13 @@ def test_a_job_cannot_write_its_outputs_into_inputs_through_a_symlink(
     by_rel = {spec.rel: outcome for spec, outcome in outcomes}
     assert set(by_rel) == {"copy.bin", "evil.mp4"}
     assert by_rel["copy.bin"].status == JobStatus.SUCCEEDED
-    assert by_rel["evil.mp4"].status != JobStatus.SUCCEEDED
+    # A place the store refuses for good is a failure at once, not a retry loop.
+    assert by_rel["evil.mp4"].status == JobStatus.FAILED
     assert "symlink" in by_rel["evil.mp4"].message
     assert sorted(p.name for p in proxy.iterdir()) == ["copy.bin", "evil.mp4"]
+    # The result lives in the done marker; the next tick has nothing left to do.
+    again, _ = run(tick_and_run(bucket, config, tmp_path))
+    assert not again.claimed and again.states[DecisionState.DONE] == 2
     assert (proxy / "copy.bin").read_bytes() == b"an innocent input"
     assert (proxy / "evil.mp4").read_bytes() == b"the attacker's input"
 

@@ -12,8 +12,6 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-
 from handlers.contract.keys import DONE, FAILED, JobRef
 from infra.storage.bucket import Bucket, Listing, ObjectInfo, SkippedEntry
 from tests.conftest import BucketSpec

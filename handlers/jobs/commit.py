@@ -28,6 +28,7 @@ from handlers.jobs.claims import delete_claims
 from handlers.jobs.retry import with_storage_retries
 from handlers.jobs.webhooks import notify_in_background
 from infra.storage.bucket import Bucket
+from infra.storage.errors import UnsafeKeyError
 from infra.text import one_line
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
@@ -82,12 +83,17 @@ async def publish_manifest(
         # The result is kept only in the done marker.
         log.error("manifest_key_too_long", done_key=ref.done_key)
     elif await current_etag(bucket, ref.input_key) in (ref.etag, None):
-        await with_storage_retries(
-            lambda: bucket.put_bytes(
-                ref.manifest_key, manifest_bytes, content_type="application/json"
+        try:
+            await with_storage_retries(
+                lambda: bucket.put_bytes(
+                    ref.manifest_key, manifest_bytes, content_type="application/json"
+                )
             )
-        )
-        written = True
+            written = True
+        except UnsafeKeyError as exc:
+            # Refused for good (a symlink where the manifest goes, in a folder bucket):
+            # the result stays in the done marker and `status` counts it missing.
+            log.error("manifest_not_writable", done_key=ref.done_key, error=one_line(exc))
     else:
         log.info("manifest_skipped_input_replaced")
     if failed:

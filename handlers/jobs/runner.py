@@ -54,7 +54,7 @@ from handlers.protocol import Handler, HandlerContext, HandlerParams, HandlerRes
 from handlers.registry import get_handler
 from infra.hashing import sha256_and_size
 from infra.storage.bucket import Bucket
-from infra.storage.errors import BucketError, ObjectNotFound, PreconditionFailed
+from infra.storage.errors import BucketError, ObjectNotFound, PreconditionFailed, UnsafeKeyError
 from infra.text import one_line, quoted, redacted_traceback
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
@@ -342,9 +342,16 @@ class JobRunner:
                 sha256, size = await asyncio.to_thread(sha256_and_size, out.path)
                 key = job.ref.output_key(out.name, job.attempt)
                 uploaded.append(key)  # before the PUT: a failed one may still have landed
-                await with_storage_retries(
-                    lambda: self.bucket.put_file(key, out.path, content_type=out.content_type)
-                )
+                try:
+                    await with_storage_retries(
+                        lambda: self.bucket.put_file(key, out.path, content_type=out.content_type)
+                    )
+                except UnsafeKeyError as exc:
+                    # The store refuses this place for good (e.g. a symlink planted in a
+                    # folder bucket's outputs/): retrying cannot help, so fail at once.
+                    raise InputError(
+                        f"cannot write outputs under {quoted(job.ref.output_prefix)}: {exc}"
+                    ) from exc
                 return OutputInfo(
                     key=key, size=size, sha256=sha256, content_type=out.content_type, role=out.role
                 )
