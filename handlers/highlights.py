@@ -44,10 +44,10 @@ from handlers.media.checks import (
     fit_even,
     probe_input,
 )
+from handlers.media.decode_caps import DecodeCaps
 from handlers.media.encode import AacBitrate, VideoQuality, encode_video, prepare_video
 from handlers.media.extensions import VIDEO_EXTENSIONS
 from handlers.media.ffmpeg_run import (
-    DecodeCaps,
     ffmpeg_number,
     file_url,
     media_input,

@@ -34,6 +34,7 @@ from handlers.media.checks import (
     fit_even,
     probe_input,
 )
+from handlers.media.decode_caps import DecodeCaps
 from handlers.media.encode import (
     AacBitrate,
     VideoQuality,
@@ -43,7 +44,6 @@ from handlers.media.encode import (
 )
 from handlers.media.extensions import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
 from handlers.media.ffmpeg_run import (
-    DecodeCaps,
     ffmpeg_number,
     file_url,
     media_input,

@@ -43,6 +43,7 @@ from handlers.media.checks import (
     decode_caps,
     probe_input,
 )
+from handlers.media.decode_caps import DecodeCaps
 from handlers.media.encode import (
     AacBitrate,
     VideoQuality,
@@ -55,7 +56,6 @@ from handlers.media.encode import (
 )
 from handlers.media.extensions import VIDEO_EXTENSIONS
 from handlers.media.ffmpeg_run import (
-    DecodeCaps,
     ffmpeg_number,
     file_url,
     media_input,

@@ -24,7 +24,8 @@ from handlers.exceptions import InputError
 from handlers.frames import FramesHandler, FramesParams
 from handlers.highlights import HighlightsHandler, HighlightsParams
 from handlers.media.audio_io import decode_to_f32
-from handlers.media.ffmpeg_run import DecodeCaps, media_input, run_ffmpeg
+from handlers.media.decode_caps import DecodeCaps
+from handlers.media.ffmpeg_run import media_input, run_ffmpeg
 from handlers.protocol import HandlerParams
 from handlers.proxy import ProxyHandler, ProxyParams
 from handlers.vertical import VerticalHandler, VerticalParams
@@ -109,6 +110,16 @@ def test_an_honest_input_at_the_cap_still_succeeds(
 ) -> None:
     run_route(route, media / "five-seconds.mp4", tmp_path, max_duration_s=CAP_S, **params)
     assert list((tmp_path / "out").iterdir())
+
+
+def test_a_frame_exactly_at_the_cap_still_succeeds(tmp_path: Path) -> None:
+    # libavcodec counts a frame's width rounded up to its 64-pixel stride: 100x100 is
+    # 128x100 to it. The probe accepted the frame, so the decoder must too.
+    src = make_small_video(tmp_path / "square.mp4", seconds=1, size=100, fps=5)
+    run_route("vertical", src, tmp_path / "job", max_input_pixels=100 * 100)
+    caps = DecodeCaps(max_pixels=100 * 100, declared_size=(100, 100))
+    assert caps.decoder_max_pixels == 128 * 100
+    assert DecodeCaps(max_pixels=10**6, declared_size=(640, 360)).decoder_max_pixels == 10**6
 
 
 def _ffmpeg_child_limits(timeout: float = 10) -> str:

@@ -20,7 +20,8 @@ from typing import Literal
 import ffmpeg
 import structlog
 
-from handlers.media.ffmpeg_run import DecodeCaps, file_url, input_args, media_input, run_ffmpeg
+from handlers.media.decode_caps import DecodeCaps
+from handlers.media.ffmpeg_run import file_url, input_args, media_input, run_ffmpeg
 
 log = structlog.get_logger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Annotated, Literal, Protocol, TypeVar, runtime_checkable
 from pydantic import AfterValidator, Field
 
 from handlers.exceptions import InputError
-from handlers.media.ffmpeg_run import DecodeCaps
+from handlers.media.decode_caps import DecodeCaps
 from handlers.media.probe import AudioStream, MediaInfo, VideoStream, probe
 from handlers.protocol import HandlerContext, HandlerParams
 
@@ -143,12 +143,14 @@ def decode_caps(
     where the container said otherwise. ``start_s``/``speed``: a trim's start and the
     playback speed, so the duration cap lands at the right output time."""
     pixels = caps.max_input_pixels if isinstance(caps, FrameCaps) else None
+    video = info.video
     return DecodeCaps(
         max_pixels=pixels,
         max_duration_s=caps.max_duration_s,
         start_s=start_s,
         speed=speed,
         declared_s=info.duration_s,
+        declared_size=(video.width, video.height) if video else None,
     )
 
 

@@ -28,7 +28,8 @@ from pydantic import Field
 from gpu.encoders import LIBX264, VideoEncoderChoice, choose_video_encoder, encoder_args
 from gpu.ffmpeg_binary import ffmpeg_filters, ffmpeg_version
 from handlers.exceptions import HandlerConfigError, InputError, MediaToolError
-from handlers.media.ffmpeg_run import DecodeCaps, FfmpegTimeoutError, run_ffmpeg
+from handlers.media.decode_caps import DecodeCaps
+from handlers.media.ffmpeg_run import FfmpegTimeoutError, run_ffmpeg
 from handlers.media.probe import MediaInfo, VideoStream
 
 log = structlog.get_logger(__name__)

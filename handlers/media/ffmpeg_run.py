@@ -26,10 +26,10 @@ Every command runs through :func:`run_ffmpeg`, which:
 - reads ``-progress pipe:1`` for the current output time and reports it;
 - drains stderr on a thread into bounded buffers so a chatty ffmpeg never blocks;
 - kills the process at the timeout/deadline;
-- enforces the route's caps *while decoding* (:class:`DecodeCaps`): decoders
-  refuse frames over ``max_input_pixels`` (``-max_pixels`` on the input, so a
-  stream whose frames grow mid-stream is caught, not only what the probe saw), the
-  process gets a data-memory limit sized from the caps, and an output that runs
+- enforces the route's caps *while decoding* (``handlers.media.decode_caps``):
+  decoders refuse frames over ``max_input_pixels`` (``-max_pixels`` on the input,
+  so a stream whose frames grow mid-stream is caught, not only what the probe saw),
+  the process gets a data-memory limit sized from the caps, and an output that runs
   past ``max_duration_s`` (a container that lies about its length) is an input
   error, not a truncated success;
 - turns a failure into :class:`InputError` when stderr says the *input* is bad,
@@ -54,7 +54,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import ffmpeg
 import structlog
@@ -63,6 +63,9 @@ from ffmpeg.nodes import FilterableStream
 from gpu.ffmpeg_binary import ffmpeg_exe
 from handlers.exceptions import HandlerConfigError, HandlerError, InputError, MediaToolError
 from infra.text import one_line
+
+if TYPE_CHECKING:  # decode_caps formats its numbers with ffmpeg_number, from here
+    from handlers.media.decode_caps import DecodeCaps
 
 log = structlog.get_logger(__name__)
 
@@ -87,20 +90,7 @@ _TAIL_LINES = 200
 HEAD_CHARS = 1 << 20
 _MAX_LINE = 4000
 _POLL_S = 0.25
-
-# Outputs of a capped run go this far past the cap, so an input that goes on is seen
-# going on; more than half of it past the cap is an input over the cap.
-DURATION_GRACE_S = 1.0
-# The data-memory limit of a capped ffmpeg (RLIMIT_DATA: heap, thread stacks and other
-# private writable memory; unlike RLIMIT_AS it does not count address space that is
-# only reserved, which glibc's per-thread arenas reserve by the gigabyte). Measured on
-# a 1080p -> 1080x1920 libx264 encode: ~0.5 GiB on 2 threads, ~2 GiB on 16.
-_MEMORY_BASE = 1 << 30
-_MEMORY_PER_CPU = 192 << 20
-# Frames at the cap that may be alive at once (decoder threads, references, filter
-# queues, encoder lookahead), at 8 bytes a pixel (16-bit 4:4:4 with alpha).
-_FRAMES_IN_FLIGHT = 32
-_BYTES_PER_PIXEL = 8
+# A decoder refusing a frame over -max_pixels (libavutil's av_image_check_size2).
 _MAX_PIXELS_RE = re.compile(r"Picture size (\d+)x(\d+) exceeds specified max pixel count (\d+)")
 
 
@@ -113,88 +103,6 @@ def ffmpeg_number(value: float, places: int = 6) -> str:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return "0" if text in ("", "-0") else text
-
-
-def _cpus() -> int:
-    # What ffmpeg's automatic threading counts (av_cpu_count: the affinity mask).
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
-
-@dataclass(frozen=True, slots=True)
-class DecodeCaps:
-    """A route's caps as one ffmpeg run enforces them while it decodes the user's input.
-
-    ``max_pixels`` goes on the input (:func:`media_input`): decoders refuse any larger
-    frame, the first or the thousandth, and :func:`run_ffmpeg` turns the refusal into
-    an input error; it also sizes the process's memory limit.
-
-    ``max_duration_s`` is in input seconds; ``start_s`` (a trim's start, skipped by
-    input seeking) and ``speed`` (input seconds per output second) map it onto the
-    output timeline. That is what ffmpeg reports: ``-progress`` gives the end of the
-    latest packet written to any output. Every output gets ``-t`` :meth:`output_t`,
-    a grace second past the cap, and a run whose outputs reach past half of it read
-    more input than the cap allows. ``slack_s``: how far past the input's end a route's
-    output may legitimately reach (frames at a rate of ``fps`` last ``1/fps`` each).
-    ``declared_s`` (the container's own duration) only goes into the message.
-    """
-
-    max_pixels: int | None = None
-    max_duration_s: float | None = None
-    start_s: float = 0.0
-    speed: float = 1.0
-    declared_s: float | None = None
-    slack_s: float = 0.0
-
-    @property
-    def max_output_s(self) -> float | None:
-        """Output seconds that hold all of the input a route accepts."""
-        if self.max_duration_s is None:
-            return None
-        return max(0.0, self.max_duration_s - self.start_s) / self.speed
-
-    def output_t(self) -> str | None:
-        """The ``-t`` for every output: a grace second past :attr:`max_output_s`."""
-        limit = self.max_output_s
-        if limit is None:
-            return None
-        return ffmpeg_number(limit + self.slack_s + DURATION_GRACE_S, 3)
-
-    def input_t(self) -> str | None:
-        """The input's ``-t`` for a run that reads from the start at speed 1: the cap
-        plus the slack and the grace second."""
-        cap = self.max_duration_s
-        return None if cap is None else ffmpeg_number(cap + self.slack_s + DURATION_GRACE_S, 3)
-
-    def over_duration(self, out_time_s: float | None) -> bool:
-        """Whether outputs that reached ``out_time_s`` read more input than the cap."""
-        limit = self.max_output_s
-        if limit is None or out_time_s is None:
-            return False
-        return out_time_s > limit + self.slack_s + DURATION_GRACE_S / 2
-
-    def memory_limit(self) -> int:
-        """Bytes of data memory ffmpeg may use (``RLIMIT_DATA``) under these caps."""
-        frames = _FRAMES_IN_FLIGHT * _BYTES_PER_PIXEL * (self.max_pixels or 0)
-        return _MEMORY_BASE + _cpus() * _MEMORY_PER_CPU + frames
-
-    def too_long_error(self, out_time_s: float) -> InputError:
-        assert self.max_duration_s is not None
-        went = self.start_s + (out_time_s - self.slack_s) * self.speed
-        said = (
-            f" although its container says {self.declared_s:.1f} s"
-            if self.declared_s is not None
-            else ""
-        )
-        return InputError(
-            f"the input is longer than max_duration_s ({_seconds(self.max_duration_s)}): "
-            f"decoding went on past {_seconds(went)}{said}"
-        )
-
-
-def _seconds(value: float) -> str:
-    return f"{value:.1f} s"
 
 
 @dataclass(slots=True)
@@ -261,8 +169,8 @@ def media_input(
     other ``options`` (``ss``, ``t``, ``f``, ...) go before ``-i`` as keyword options.
     """
     kwargs: dict[str, Any] = {**input_options(format_whitelist), **option_kwargs(hw_args)}
-    if caps is not None and caps.max_pixels is not None:
-        kwargs["max_pixels"] = str(caps.max_pixels)
+    if caps is not None and (pixels := caps.decoder_max_pixels) is not None:
+        kwargs["max_pixels"] = str(pixels)
     return ffmpeg.input(file_url(path), **kwargs, **options)
 
 
@@ -481,6 +389,7 @@ def run_ffmpeg(
     # A broken cap first: ffmpeg goes on (exit 0) after a decoder refuses a frame.
     if errors.oversize is not None:
         width, height, pixels = errors.oversize
+        pixels = caps.max_pixels if caps is not None and caps.max_pixels else pixels
         log.warning("ffmpeg_frame_over_cap", width=width, height=height, max_pixels=pixels)
         raise InputError(
             f"the video's frame size changed to {width}x{height} mid-stream, over the "

@@ -23,7 +23,8 @@ import structlog
 from ffmpeg.nodes import FilterableStream, OutputStream
 from pydantic import Field
 
-from handlers.media.ffmpeg_run import DecodeCaps, file_url, media_input, run_ffmpeg
+from handlers.media.decode_caps import DecodeCaps
+from handlers.media.ffmpeg_run import file_url, media_input, run_ffmpeg
 from handlers.protocol import HandlerParams, OutputFile
 
 log = structlog.get_logger(__name__)
