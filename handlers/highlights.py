@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -161,8 +161,7 @@ class HighlightsHandler:
                 deadline=ctx.deadline,
                 duration_s=sum(s.end - s.start for s in reel),
                 progress=lambda f: ctx.progress(0.5 + 0.5 * f, "encode"),
-                # The segments lie inside what the analysis decoded: the frame cap only.
-                caps=DecodeCaps(max_pixels=params.max_input_pixels),
+                caps=reel_caps(params, info),
             )
             out = probe(reel_path, deadline=ctx.deadline)
             outputs.append(OutputFile(REEL_NAME, reel_path, "highlight-reel", "video/mp4"))
@@ -324,6 +323,11 @@ def choose_reel(segments: list[Segment], params: HighlightsParams) -> list[Segme
     return sorted(chosen, key=lambda x: x.start)
 
 
+def reel_caps(params: HighlightsParams, info: MediaInfo) -> DecodeCaps:
+    """The reel's segments lie inside what the analysis decoded: the frame cap only."""
+    return replace(decode_caps(params, info), max_duration_s=None)
+
+
 def build_reel_args(
     input_path: Path,
     out_path: Path,
@@ -342,7 +346,7 @@ def build_reel_args(
         src = media_input(
             input_path,
             hw_args=choice.input_args(),
-            caps=DecodeCaps(max_pixels=params.max_input_pixels),
+            caps=reel_caps(params, info),
             ss=ffmpeg_number(seg.start, 3),
             t=ffmpeg_number(seg.end - seg.start, 3),
         )
