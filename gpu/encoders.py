@@ -32,6 +32,7 @@ ENCODERS = (LIBX264, NVENC)
 
 # Default quality on each encoder's own scale: CRF 20 and CQ 21 look alike.
 DEFAULT_QUALITY = {LIBX264: 20, NVENC: 21}
+LOSSLESS_PROFILE = "high444"
 # A cold CUDA context can take a few seconds; a wedged driver must not hang a worker.
 PROBE_TIMEOUT_S = 20.0
 _CONTEXT = re.compile(r"^\s*(\[[^\]]*\]\s*)+")
@@ -74,9 +75,13 @@ class VideoEncoderChoice:
 def encoder_args(codec: str, quality: int | None = None, gpu_index: int | None = None) -> list[str]:
     q = DEFAULT_QUALITY[codec] if quality is None else quality
     if codec == LIBX264:
+        # CRF 0 is lossless, which H.264 allows only in High 4:4:4 Predictive (libx264
+        # refuses "high" with it); the output stays yuv420p. Many hardware players
+        # and browsers cannot play that profile: quality 0 is for archives.
+        profile = LOSSLESS_PROFILE if q == 0 else "high"
         return [
             *("-c:v", LIBX264, "-preset", "veryfast", "-crf", str(q)),
-            *("-pix_fmt", "yuv420p", "-profile:v", "high"),
+            *("-pix_fmt", "yuv420p", "-profile:v", profile),
         ]
     if codec == NVENC:
         # -b:v 0 lets -cq drive quality (VBR with a target quality, no bitrate cap).

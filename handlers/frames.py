@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,13 +25,19 @@ from handlers.media.checks import (
     MediaLimits,
     check_complete,
     coerce_params,
+    decode_caps,
     display_size,
     fit_even,
     probe_input,
 )
 from handlers.media.encode import font_file, prepare_video
 from handlers.media.extensions import VIDEO_EXTENSIONS
-from handlers.media.ffmpeg_run import file_url, media_input, run_ffmpeg
+from handlers.media.ffmpeg_run import (
+    ffmpeg_number,
+    file_url,
+    media_input,
+    run_ffmpeg,
+)
 from handlers.protocol import HandlerContext, HandlerParams, HandlerResult, OutputFile
 
 FRAME_PATTERN = "frame-%06d.jpg"
@@ -40,7 +47,7 @@ _SHEET_BG = "0x101418"
 
 
 class FramesParams(MediaLimits):
-    fps: float = Field(1.0, gt=0, le=30, description="frames per second to extract")
+    fps: float = Field(1.0, ge=0.001, le=30, description="frames per second to extract")
     max_frames: int = Field(
         600, ge=1, le=10_000, description="at most this many frames (each is one upload)"
     )
@@ -74,16 +81,18 @@ class FramesHandler:
         assert video is not None  # needs="video"
         size = fit_even(*display_size(video), max_long=params.max_size)
         # Reading stops once max_frames are out: a 600-frame cap on a 4-hour file
-        # must not decode the whole file.
-        read_s = min(params.max_frames / params.fps, params.max_duration_s)
-        expected = min(info.duration_s, read_s) if info.duration_s else None
+        # must not decode the whole file. Or a little past the duration cap: a frame at
+        # i/fps lasts 1/fps, so the output may reach that far past the input's end.
+        caps = replace(decode_caps(params, info), slack_s=1 / params.fps)
+        read_s = min(params.max_frames / params.fps, float(caps.input_t() or 0))
+        expected = min(info.duration_s, read_s, params.max_duration_s) if info.duration_s else None
 
-        src = media_input(ctx.input_path, t=f"{read_s:g}")
+        src = media_input(ctx.input_path, caps=caps, t=ffmpeg_number(read_s, 3))
         v = prepare_video(src[str(video.index)], video).filter("setpts", "PTS-STARTPTS")
         # round=up: frame i is the picture on screen at i/fps (default "near" takes a
         # frame up to half a period later).
-        v = v.filter("fps", f"{params.fps:g}", round="up").filter("scale", size[0], size[1])
-        v = v.filter("setsar", 1)
+        v = v.filter("fps", ffmpeg_number(params.fps), round="up")
+        v = v.filter("scale", size[0], size[1]).filter("setsar", 1)
         out = ffmpeg.output(
             v,
             file_url(ctx.output_dir / FRAME_PATTERN),
@@ -97,6 +106,7 @@ class FramesHandler:
                 deadline=ctx.deadline,
                 duration_s=expected,
                 progress=lambda f: ctx.progress(0.9 * f, "extract"),
+                caps=caps,
             )
             frames = sorted(ctx.output_dir.glob("frame-*.jpg"))
             if not frames:

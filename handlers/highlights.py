@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -39,13 +39,21 @@ from handlers.media.checks import (
     MediaLimits,
     check_complete,
     coerce_params,
+    decode_caps,
     display_size,
     fit_even,
     probe_input,
 )
+from handlers.media.decode_caps import DecodeCaps
 from handlers.media.encode import AacBitrate, VideoQuality, encode_video, prepare_video
 from handlers.media.extensions import VIDEO_EXTENSIONS
-from handlers.media.ffmpeg_run import file_url, media_input, option_kwargs, run_ffmpeg
+from handlers.media.ffmpeg_run import (
+    ffmpeg_number,
+    file_url,
+    media_input,
+    option_kwargs,
+    run_ffmpeg,
+)
 from handlers.media.probe import MediaInfo, VideoStream, probe
 from handlers.media.waveform import pcm_output, read_pcm
 from handlers.protocol import HandlerContext, HandlerParams, HandlerResult, OutputFile
@@ -124,7 +132,8 @@ class HighlightsHandler:
         assert video is not None  # needs="video"
         duration = min(info.duration_s, params.max_duration_s) if info.duration_s else None
 
-        pcm, gray = analyse(ctx, info, video, params, duration)
+        caps = decode_caps(params, info)
+        pcm, gray = analyse(ctx, info, video, params, duration, caps)
         samples = read_pcm(pcm)
         decoded_s = len(samples) / PCM_RATE
         check_complete(duration, decoded_s)
@@ -152,6 +161,7 @@ class HighlightsHandler:
                 deadline=ctx.deadline,
                 duration_s=sum(s.end - s.start for s in reel),
                 progress=lambda f: ctx.progress(0.5 + 0.5 * f, "encode"),
+                caps=reel_caps(params, info),
             )
             out = probe(reel_path, deadline=ctx.deadline)
             outputs.append(OutputFile(REEL_NAME, reel_path, "highlight-reel", "video/mp4"))
@@ -174,27 +184,28 @@ def analyse(
     video: VideoStream,
     params: HighlightsParams,
     duration: float | None,
+    caps: DecodeCaps,
 ) -> tuple[Path, Path]:
     """Decode once: mono PCM and small grey frames for motion, into the scratch dir."""
     pcm, gray = ctx.work_dir / "audio.f32", ctx.work_dir / "motion.gray"
     assert info.audio is not None  # the route requires sound
-    src = media_input(ctx.input_path)
+    src = media_input(ctx.input_path, caps=caps)
     v = src[str(video.index)].filter("setpts", "PTS-STARTPTS")
     v = (
         v.filter("fps", MOTION_FPS, round="up")
         .filter("scale", *MOTION_SIZE)
         .filter("format", "gray")
     )
-    limit = f"{params.max_duration_s:g}"
     outs = [
-        pcm_output(src[str(info.audio.index)], pcm, PCM_RATE, max_s=params.max_duration_s),
-        ffmpeg.output(v, file_url(gray), f="rawvideo", t=limit),
+        pcm_output(src[str(info.audio.index)], pcm, PCM_RATE, caps=caps),
+        ffmpeg.output(v, file_url(gray), f="rawvideo", t=caps.output_t()),
     ]
     run_ffmpeg(
         ffmpeg.merge_outputs(*outs).get_args(),
         deadline=ctx.deadline,
         duration_s=duration,
         progress=lambda f: ctx.progress(0.45 * f, "analyse"),
+        caps=caps,
     )
     return pcm, gray
 
@@ -312,6 +323,11 @@ def choose_reel(segments: list[Segment], params: HighlightsParams) -> list[Segme
     return sorted(chosen, key=lambda x: x.start)
 
 
+def reel_caps(params: HighlightsParams, info: MediaInfo) -> DecodeCaps:
+    """The reel's segments lie inside what the analysis decoded: the frame cap only."""
+    return replace(decode_caps(params, info), max_duration_s=None)
+
+
 def build_reel_args(
     input_path: Path,
     out_path: Path,
@@ -330,8 +346,9 @@ def build_reel_args(
         src = media_input(
             input_path,
             hw_args=choice.input_args(),
-            ss=f"{seg.start:.3f}",
-            t=f"{seg.end - seg.start:.3f}",
+            caps=reel_caps(params, info),
+            ss=ffmpeg_number(seg.start, 3),
+            t=ffmpeg_number(seg.end - seg.start, 3),
         )
         v = prepare_video(src[str(video.index)], video)
         v = v.filter("scale", size[0], size[1]).filter("setsar", 1).filter("format", "yuv420p")

@@ -29,10 +29,12 @@ from handlers.media.checks import (
     MediaLimits,
     check_complete,
     coerce_params,
+    decode_caps,
     display_size,
     fit_even,
     probe_input,
 )
+from handlers.media.decode_caps import DecodeCaps
 from handlers.media.encode import (
     AacBitrate,
     VideoQuality,
@@ -41,7 +43,13 @@ from handlers.media.encode import (
     video_summary,
 )
 from handlers.media.extensions import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
-from handlers.media.ffmpeg_run import file_url, media_input, option_kwargs, run_ffmpeg
+from handlers.media.ffmpeg_run import (
+    ffmpeg_number,
+    file_url,
+    media_input,
+    option_kwargs,
+    run_ffmpeg,
+)
 from handlers.media.probe import MediaInfo, VideoStream, probe
 from handlers.media.waveform import PcmFormat, WaveformParams, pcm_output, write_waveform
 from handlers.protocol import HandlerContext, HandlerParams, HandlerResult, OutputFile
@@ -80,6 +88,7 @@ class ProxyHandler:
         probed = probe_input(ctx, self.name, params, needs="video or audio")
         info, video = probed.info, probed.video
         duration = min(info.duration_s, params.max_duration_s) if info.duration_s else None
+        caps = decode_caps(params, info)
         pcm = ctx.work_dir / _PCM_NAME if info.has_audio else None
         pcm_fmt = PcmFormat.for_points_per_second(params.waveform.points_per_second)
         outputs: list[OutputFile] = []
@@ -94,7 +103,7 @@ class ProxyHandler:
             def build(choice: VideoEncoderChoice) -> list[str]:
                 return build_args(
                     ctx.input_path, ctx.output_dir, info, video, params, choice, size, pcm,
-                    pcm_fmt.sample_rate, duration,
+                    pcm_fmt.sample_rate, duration, caps,
                 )  # fmt: skip
 
             runtime = encode_video(
@@ -104,6 +113,7 @@ class ProxyHandler:
                 deadline=ctx.deadline,
                 duration_s=duration,
                 progress=lambda f: ctx.progress(0.95 * f, "encode"),
+                caps=caps,
             )
             out = probe(proxy_path, deadline=ctx.deadline)
             try:
@@ -122,14 +132,15 @@ class ProxyHandler:
             summary["poster"] = {"width": size[0], "height": size[1]}
         else:
             assert pcm is not None and probed.audio is not None  # probe: audio or video
-            src = media_input(ctx.input_path)
+            src = media_input(ctx.input_path, caps=caps)
             audio = src[str(probed.audio.index)]
-            args = pcm_output(audio, pcm, pcm_fmt.sample_rate, max_s=params.max_duration_s)
+            args = pcm_output(audio, pcm, pcm_fmt.sample_rate, caps=caps)
             run_ffmpeg(
                 args.get_args(),
                 deadline=ctx.deadline,
                 duration_s=duration,
                 progress=lambda f: ctx.progress(0.95 * f, "decode"),
+                caps=caps,
             )
 
         if pcm is not None:
@@ -165,16 +176,18 @@ def build_args(
     pcm: Path | None,
     pcm_rate: int,
     duration: float | None,
+    caps: DecodeCaps | None = None,
 ) -> list[str]:
     """ffmpeg arguments (no binary) for proxy + poster (+ PCM for the waveform) in one run."""
-    src = media_input(input_path, hw_args=choice.input_args())
+    caps = caps or DecodeCaps(params.max_input_pixels, params.max_duration_s)
+    src = media_input(input_path, hw_args=choice.input_args(), caps=caps)
     # Select streams by index: "v:0" could be a cover picture, not the video.
     v = prepare_video(src[str(video.index)], video)
     if video.fps and video.fps > params.max_fps:
         v = v.filter("fps", params.max_fps)
     v = v.filter("scale", size[0], size[1]).filter("setsar", 1).filter("format", "yuv420p")
     branches = v.split()
-    limit = {"t": f"{params.max_duration_s:g}"}
+    limit = {"t": caps.output_t()}  # past the cap: an input that goes on is an error
 
     streams = [branches[0]]
     out_opts: dict[str, Any] = option_kwargs(choice.codec_args(params.quality))
@@ -191,7 +204,10 @@ def build_args(
     rate = n / duration if duration else 1.0
     if video.fps:
         rate = min(rate, video.fps)
-    poster_stream = branches[1].filter("fps", f"{rate:.6f}").filter("thumbnail", n=n)
+    poster_stream = branches[1].filter("fps", ffmpeg_number(rate)).filter("thumbnail", n=n)
+    # One still: its time means nothing, and a late pick lasting 1/rate would reach past
+    # the input's end, which the duration cap reads as an input longer than it says.
+    poster_stream = poster_stream.filter("setpts", "0")
     poster = ffmpeg.output(
         poster_stream,
         file_url(output_dir / POSTER_NAME),
@@ -200,5 +216,5 @@ def build_args(
     outs = [proxy, poster]
     if pcm is not None and info.audio is not None:
         audio = src[str(info.audio.index)]
-        outs.append(pcm_output(audio, pcm, pcm_rate, max_s=params.max_duration_s))
+        outs.append(pcm_output(audio, pcm, pcm_rate, caps=caps))
     return ffmpeg.merge_outputs(*outs).get_args()

@@ -33,13 +33,17 @@ from handlers.exceptions import HandlerConfigError, InputError
 from handlers.media.checks import (
     DEFAULT_MAX_DURATION_S,
     DEFAULT_MAX_INPUT_PIXELS,
+    MAX_SECONDS,
     EvenPixels,
     MaxDurationS,
     MaxInputPixels,
+    Seconds,
     check_complete,
     coerce_params,
+    decode_caps,
     probe_input,
 )
+from handlers.media.decode_caps import DecodeCaps
 from handlers.media.encode import (
     AacBitrate,
     VideoQuality,
@@ -51,7 +55,12 @@ from handlers.media.encode import (
     video_summary,
 )
 from handlers.media.extensions import VIDEO_EXTENSIONS
-from handlers.media.ffmpeg_run import file_url, media_input, option_kwargs
+from handlers.media.ffmpeg_run import (
+    ffmpeg_number,
+    file_url,
+    media_input,
+    option_kwargs,
+)
 from handlers.media.probe import MediaInfo, VideoStream, probe
 from handlers.protocol import HandlerContext, HandlerParams, HandlerResult, OutputFile
 
@@ -71,8 +80,10 @@ class VerticalParams(HandlerParams):
     focus_x: float = Field(
         0.5, ge=0, le=1, description="crop=focus: horizontal focus point, 0 left .. 1 right"
     )
-    trim_start_s: float = Field(0, ge=0, description="start here in the input (seconds)")
-    trim_end_s: float | None = Field(None, gt=0, description="end here in the input (seconds)")
+    trim_start_s: Seconds = Field(0, description="start here in the input (seconds)")
+    trim_end_s: float | None = Field(
+        None, gt=0, le=MAX_SECONDS, description="end here in the input (seconds)"
+    )
     speed: float = Field(1.0, ge=0.25, le=4, description="playback speed (audio pitch kept)")
     text: str | None = Field(
         None, min_length=1, max_length=200, description="text drawn over the video"
@@ -131,6 +142,7 @@ class VerticalHandler:
         check_trim(info, params)
         duration = output_duration(info, params)
         overlays = prepare_overlays(params, ctx.work_dir)
+        caps = vertical_caps(info, params)
 
         out_path = ctx.output_dir / OUTPUT_NAME
         hdr: dict[str, Any] = {}
@@ -143,11 +155,14 @@ class VerticalHandler:
         # fails on this input; a failed encode leaves no output behind.
         runtime = encode_video(
             device=ctx.device,
-            build=lambda c: build_args(ctx.input_path, out_path, info, video, params, c, overlays),
+            build=lambda c: build_args(
+                ctx.input_path, out_path, info, video, params, c, overlays, caps
+            ),
             outputs=[out_path],
             deadline=ctx.deadline,
             duration_s=duration,
             progress=lambda fraction: ctx.progress(fraction, "encode"),
+            caps=caps,
         )
         runtime.update(hdr, encode_s=round(time.monotonic() - started, 3))
         try:
@@ -174,9 +189,14 @@ def check_trim(info: MediaInfo, params: VerticalParams) -> None:
     """An InputError when the trim starts after the end of the video."""
     if info.duration_s is not None and params.trim_start_s >= info.duration_s:
         raise InputError(
-            f"trim_start_s is {params.trim_start_s:g} s but the video is only "
+            f"trim_start_s is {ffmpeg_number(params.trim_start_s, 3)} s but the video is only "
             f"{info.duration_s:.1f} s long"
         )
+
+
+def vertical_caps(info: MediaInfo, params: VerticalParams) -> DecodeCaps:
+    """The caps of the encode: the input is seeked to trim_start_s and played at speed."""
+    return decode_caps(params, info, start_s=params.trim_start_s, speed=params.speed)
 
 
 def output_duration(info: MediaInfo, params: VerticalParams) -> float | None:
@@ -186,7 +206,9 @@ def output_duration(info: MediaInfo, params: VerticalParams) -> float | None:
         end = params.trim_end_s if end is None else min(end, params.trim_end_s)
     if end is None:
         return None
-    return min((end - params.trim_start_s) / params.speed, params.max_duration_s)
+    limit = vertical_caps(info, params).max_output_s
+    out = (end - params.trim_start_s) / params.speed
+    return out if limit is None else min(out, limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +251,7 @@ def video_filters(
     # tone-mapped later, at output size, where it is cheapest.
     stream = prepare_video(stream, video, tonemap=False)
     if params.speed != 1:
-        stream = stream.filter("setpts", f"(PTS-STARTPTS)/{params.speed:g}")
+        stream = stream.filter("setpts", f"(PTS-STARTPTS)/{ffmpeg_number(params.speed)}")
     # Dropping frames before scaling saves work; adding them after does too.
     fps_first = video.fps is not None and video.fps * params.speed > params.fps
     if fps_first:
@@ -237,7 +259,8 @@ def video_filters(
     stream = stream.filter("scale", w, h, force_original_aspect_ratio="increase")
     if params.crop == "focus":
         # Centre the window on the focus point, kept inside the frame.
-        stream = stream.filter("crop", w, h, x=f"clip(iw*{params.focus_x:g}-ow/2,0,iw-ow)", y=0)
+        x = f"clip(iw*{ffmpeg_number(params.focus_x)}-ow/2,0,iw-ow)"
+        stream = stream.filter("crop", w, h, x=x, y=0)
     else:
         stream = stream.filter("crop", w, h)  # x, y default to the centre
     stream = stream.filter("setsar", 1)
@@ -293,7 +316,7 @@ def place_watermark(
     margin = params.width // 30
     image = image.filter("scale", width, -1).filter("format", "rgba")
     if params.watermark_opacity < 1:
-        image = image.filter("colorchannelmixer", aa=f"{params.watermark_opacity:g}")
+        image = image.filter("colorchannelmixer", aa=ffmpeg_number(params.watermark_opacity))
     left, top = f"{margin}", f"{margin}"
     right, bottom = f"main_w-overlay_w-{margin}", f"main_h-overlay_h-{margin}"
     x, y = {
@@ -311,7 +334,7 @@ def atempo_chain(stream: FilterableStream, speed: float) -> FilterableStream:
     while speed < 0.5:
         stream = stream.filter("atempo", 0.5)
         speed /= 0.5
-    return stream.filter("atempo", f"{speed:g}")
+    return stream.filter("atempo", ffmpeg_number(speed))
 
 
 def build_args(
@@ -322,15 +345,17 @@ def build_args(
     params: VerticalParams,
     choice: VideoEncoderChoice,
     overlays: Overlays | None = None,
+    caps: DecodeCaps | None = None,
 ) -> list[str]:
     """ffmpeg arguments (no binary) for one vertical encode, via ffmpeg-python."""
+    caps = caps or vertical_caps(info, params)
     trim: dict[str, str] = {}
     # Input seeking: a trim of a long file does not decode what it skips.
     if params.trim_start_s:
-        trim["ss"] = f"{params.trim_start_s:g}"
+        trim["ss"] = ffmpeg_number(params.trim_start_s, 3)
     if params.trim_end_s is not None:
-        trim["t"] = f"{params.trim_end_s - params.trim_start_s:g}"
-    src = media_input(input_path, hw_args=choice.input_args(), **trim)
+        trim["t"] = ffmpeg_number(params.trim_end_s - params.trim_start_s, 3)
+    src = media_input(input_path, hw_args=choice.input_args(), caps=caps, **trim)
     watermark = None
     if overlays is not None and overlays.watermark is not None:
         demuxer = WATERMARK_DEMUXERS[overlays.watermark.suffix.lower()]
@@ -356,5 +381,6 @@ def build_args(
         out_opts.update({"c:a": "aac", "b:a": params.audio_bitrate, "ar": 48000, "ac": 2})
     else:
         out_opts["an"] = None
-    out_opts.update({"movflags": "+faststart", "t": f"{params.max_duration_s:g}", "sn": None})
+    # A little past the cap (on the output timeline): an input that goes on is an error.
+    out_opts.update({"movflags": "+faststart", "t": caps.output_t(), "sn": None})
     return ffmpeg.output(*streams, file_url(out_path), **out_opts).get_args()

@@ -9,6 +9,7 @@ call gives the same bytes.
 from __future__ import annotations
 
 import random
+import re
 import struct
 import wave
 import zlib
@@ -167,3 +168,88 @@ def make_surround(path: Path, seconds: float = 1, layout: str = "5.1", video: bo
     args += ["-af", f"aformat=channel_layouts={layout}", "-c:a", codec, str(path)]
     _ffmpeg(args)
     return Path(path)
+
+
+def make_growing_mjpeg_mkv(
+    path: Path,
+    first: tuple[int, int] = (320, 240),
+    later: tuple[int, int] = (2000, 2000),
+    later_frames: int = 2,
+    *,
+    audio: bool = False,
+) -> Path:
+    """An MJPEG-in-Matroska stream whose first frames are ``first`` and the rest ``later``.
+
+    The container (and so the probe) states the first frame's size; every JPEG carries
+    its own. Two raw MJPEG streams joined byte for byte, then stream-copied into MKV
+    (with ``audio``, beside a noise track as long as the video).
+    """
+    path = Path(path)
+    parts = []
+    for n, ((w, h), frames) in enumerate(((first, 5), (later, later_frames))):
+        part = path.with_name(f".part{n}-{path.name}.mjpeg")
+        _ffmpeg(["-f", "lavfi", "-i", f"color=c=red:size={w}x{h}:rate=5", "-frames:v",
+                 str(frames), "-c:v", "mjpeg", "-f", "mjpeg", str(part)])  # fmt: skip
+        parts.append(part)
+    joined = path.with_name(f".joined-{path.name}.mjpeg")
+    joined.write_bytes(b"".join(p.read_bytes() for p in parts))
+    sound: list[str] = []
+    if audio:
+        seconds = (5 + later_frames) / 5
+        sound = ["-f", "lavfi", "-i", f"anoisesrc=sample_rate=8000:duration={seconds}",
+                 "-c:a", "aac"]  # fmt: skip
+    _ffmpeg(["-f", "mjpeg", "-framerate", "5", "-i", str(joined), *sound, "-c:v", "copy",
+             str(path)])  # fmt: skip
+    for p in [*parts, joined]:
+        p.unlink()
+    return path
+
+
+def make_lying_duration_mkv(path: Path, real_s: float = 20, claimed_s: float = 1) -> Path:
+    """A small video + audio MKV of ``real_s`` seconds whose header says ``claimed_s``.
+
+    The Segment Info's Duration (EBML id 0x4489, an 8-byte float in milliseconds) and
+    the per-stream DURATION tags are patched in place; the clusters keep every frame.
+    """
+    path = Path(path)
+    plain = path.with_name(f".plain-{path.name}")
+    _ffmpeg(
+        [
+            *("-f", "lavfi", "-i", f"testsrc2=size=32x32:rate=5:duration={real_s}"),
+            *("-f", "lavfi", "-i", f"sine=sample_rate=8000:duration={real_s}"),
+            *("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"),
+            *("-c:a", "aac", str(plain)),
+        ]
+    )
+    data = bytearray(plain.read_bytes())
+    plain.unlink()
+    at = data.index(b"\x44\x89\x88")  # Duration, 8 bytes follow
+    data[at + 3 : at + 11] = struct.pack(">d", claimed_s * 1000)
+    h, rem = divmod(claimed_s, 3600)
+    m, s = divmod(rem, 60)
+    tag = f"{int(h):02d}:{int(m):02d}:{s:012.9f}".encode()
+    patched = re.sub(rb"\d{2}:\d{2}:\d{2}\.\d{9}", tag, bytes(data))
+    Path(path).write_bytes(patched)
+    return path
+
+
+def make_many_audio_mkv(path: Path, audio_streams: int = 990) -> Path:
+    """A valid MKV with ``audio_streams`` short audio streams before its one video stream.
+
+    Each stream is listed by ``ffmpeg -i`` with its title, comment and duration tags:
+    about 6 lines a stream, so 990 of them print about 6,000 lines before the video.
+    """
+    path = Path(path)
+    audio = path.with_name(f".audio-{path.name}.wav")
+    video = path.with_name(f".video-{path.name}.mp4")
+    _ffmpeg(["-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "0.1", "-c:a", "pcm_s16le",
+             str(audio)])  # fmt: skip
+    _ffmpeg(["-f", "lavfi", "-i", "testsrc2=size=32x32:rate=5:duration=0.4", "-c:v", "libx264",
+             "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(video)])  # fmt: skip
+    maps = ["-map", "0:a"] * audio_streams
+    tags = ["-metadata:s:a", "title=Commentary", "-metadata:s:a", "comment=one of many"]
+    _ffmpeg(["-i", str(audio), "-i", str(video), *maps, "-map", "1:v", *tags, "-c", "copy",
+             str(path)])  # fmt: skip
+    audio.unlink()
+    video.unlink()
+    return path

@@ -27,11 +27,14 @@ from infra.storage.errors import BucketError
 from tests.conftest import BucketSpec
 from tests.corpus import (
     make_corrupt_mp4,
+    make_growing_mjpeg_mkv,
     make_huge_gif,
     make_huge_h264,
     make_huge_png,
     make_image,
+    make_lying_duration_mkv,
     make_lying_wav,
+    make_many_audio_mkv,
     make_pcm_wav,
     make_random_bytes,
     make_small_video,
@@ -50,6 +53,11 @@ params = { width = 270, height = 480 }
 handler = "vertical"
 settle_seconds = 0
 params = { width = 270, height = 480, max_duration_s = 5 }
+
+[routes.smallframes]
+handler = "vertical"
+settle_seconds = 0
+params = { width = 270, height = 480, max_input_pixels = 1000000 }
 
 [routes.proxy]
 settle_seconds = 0
@@ -117,6 +125,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_audio(d / "phone.wav", 1, sample_rate=8000)
     make_pcm_wav(d / "one-sample.wav", 1)
     make_pcm_wav(d / "no-samples.wav", 0)
+    make_growing_mjpeg_mkv(d / "growing.mkv")
+    make_lying_duration_mkv(d / "lying.mkv", real_s=20, claimed_s=1)
+    make_many_audio_mkv(d / "many-audio.mkv", audio_streams=990)
     return d
 
 
@@ -150,10 +161,28 @@ CASES = [
     Case("vertical", "huge-gif.mkv", "huge.gif", FAILED, r"16000x16000.*max_input_pixels"),
     Case("proxy", "huge-gif.mp4", "huge.gif", FAILED, r"16000x16000.*max_input_pixels"),
     Case("vertical", "huge-h264.mp4", "huge-h264.mp4", FAILED, r"8448x8448.*max_input_pixels"),
+    # 320x240 in the header and the first frames, then 2000x2000 (over the route's 1 Mpx).
+    Case(
+        "smallframes",
+        "growing-frames.mkv",
+        "growing.mkv",
+        FAILED,
+        r"frame size changed to 2000x2000 mid-stream.*max_input_pixels",
+    ),
     # Very long durations.
     Case("capped", "ten-seconds.mp4", "ten-seconds.mp4", FAILED, r"10\.0 s long.*max_duration_s"),
     Case("vertical", "eleven-hours.mp4", "eleven-hours.mp4", FAILED, r"11:00:00.*4:00:00"),
     Case("proxy", "eleven-hours.mp4", "eleven-hours.mp4", FAILED, r"11:00:00.*max_duration_s"),
+    # The header says 1 s, the clusters hold 20 s: on a 5 s cap, an error, not 5 s of output.
+    Case(
+        "capped",
+        "lying-duration.mkv",
+        "lying.mkv",
+        FAILED,
+        r"longer than max_duration_s \(5\.0 s\).*container says 1\.0 s",
+    ),
+    # A valid file whose video comes after 990 audio streams (~6,000 lines of stream list).
+    Case("vertical", "990-audio-streams.mkv", "many-audio.mkv", SUCCEEDED),
     # Odd audio layouts: proxy takes any of them (waveform from a mono mix-down, AAC
     # stereo in the proxy). Observed: all succeed, a header-only WAV included (an
     # empty waveform); EITHER keeps the test honest if a route starts refusing them.

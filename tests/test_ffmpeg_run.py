@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 
 from gpu.ffmpeg_binary import ffmpeg_exe, ffmpeg_version
-from handlers.exceptions import InputError, MediaToolError, TransientError
+from handlers.exceptions import HandlerConfigError, InputError, MediaToolError, TransientError
 from handlers.media.ffmpeg_run import (
+    HEAD_CHARS,
     FfmpegTimeoutError,
     classify_failure,
+    failure_error,
+    ffmpeg_number,
     file_url,
     harden_args,
     input_args,
@@ -168,7 +171,9 @@ def test_chatty_stderr_is_drained_and_bounded() -> None:
     )
     assert result.returncode == 0
     assert result.stderr_truncated
-    assert len(result.stderr_rest) == 200 and len(result.stderr_head) == 5000
+    # The head is bounded by size (the probe parses all of it), the rest by lines.
+    assert result.stderr_head_full and len(result.stderr_rest) == 200
+    assert HEAD_CHARS - 4001 <= sum(len(line) + 1 for line in result.stderr_head) <= HEAD_CHARS
     assert len(result.stderr_tail) == 200 and "..." in result.stderr_lines
 
 
@@ -232,3 +237,83 @@ def test_classify_failure(lines: list[str], kind: str, needle: str) -> None:
     assert failure.kind == kind
     assert needle in failure.detail
     assert "@ 0x" not in failure.detail  # context prefixes removed
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(1_000_000, "1000000"), (1e6 + 0.5, "1000000.5"), (0.25, "0.25"), (1 / 3, "0.333333"),
+     (2.0, "2"), (-0.0, "0"), (1e-9, "0"), (31_622_400.125, "31622400.125")],
+)  # fmt: skip
+def test_ffmpeg_number_is_plain_decimal(value: float, text: str) -> None:
+    assert ffmpeg_number(value) == text
+
+
+def test_ffmpeg_number_refuses_what_is_not_a_number() -> None:
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError):
+            ffmpeg_number(bad)
+
+
+def test_big_durations_reach_ffmpeg_as_numbers_it_reads(tmp_path: Path) -> None:
+    out = tmp_path / "tone.wav"
+    args = ["-f", "lavfi", "-i", "sine=duration=0.2", "-t", ffmpeg_number(1e6), file_url(out)]
+    assert run_ffmpeg(args, deadline=_deadline()).returncode == 0
+    # What ":g" wrote: a refusal of the job's own settings, once, without scratch paths.
+    args[args.index("-t") + 1] = f"{1e6:g}"
+    with pytest.raises(HandlerConfigError, match=r"Invalid duration.*1e\+06") as err:
+        run_ffmpeg(args, deadline=_deadline())
+    assert not isinstance(err.value, TransientError)
+    assert str(tmp_path) not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_encoder_refusing_the_settings_is_a_config_error(tmp_path: Path) -> None:
+    # libx264 cannot be lossless (CRF 0) in the "high" profile: no retry changes that.
+    args = [
+        *("-f", "lavfi", "-i", "testsrc2=size=64x64:duration=0.2"),
+        *("-c:v", "libx264", "-crf", "0", "-profile:v", "high", "-pix_fmt", "yuv420p"),
+        file_url(tmp_path / "o.mp4"),
+    ]
+    with pytest.raises(HandlerConfigError, match="high profile doesn't support lossless"):
+        run_ffmpeg(args, deadline=_deadline())
+
+
+@pytest.mark.parametrize(
+    ("lines", "kind", "needle"),
+    [
+        (["Invalid duration for option t: 1e+06",
+          "Error parsing options for output file file:/scratch/ab/vertical.mp4."],
+         "config", "Invalid duration"),
+        (["x264 [error]: high profile doesn't support lossless",
+          "[vost#0:0/libx264 @ 0x1] [enc:libx264 @ 0x2] Error while opening encoder - maybe"
+          " incorrect parameters such as bit_rate, rate, width or height."],
+         "config", "lossless"),
+        (["[vost#0:0/libx264 @ 0x1] [enc:libx264 @ 0x2] Error while opening encoder"],
+         "config", "opening encoder"),
+        (["[vost#0:0/h264_nvenc @ 0x1] [enc:h264_nvenc @ 0x2] Error while opening encoder"],
+         "tool", "opening encoder"),
+        (["[Parsed_drawtext_0 @ 0x1] Cannot find color 'notacolor'",
+          "[fc#-1 @ 0x2] Error applying option 'fontcolor' to filter 'drawtext': Invalid"
+          " argument"], "config", "fontcolor"),
+        (["x264 [error]: malloc of size 7281920 failed"], "tool", "malloc"),
+        (["Unrecognized option 'bogus'.", "Error splitting the argument list: Option not found"],
+         "config", "bogus"),
+    ],
+)  # fmt: skip
+def test_classify_refusals_of_the_jobs_settings(lines: list[str], kind: str, needle: str) -> None:
+    failure = classify_failure(lines)
+    assert (failure.kind, needle in failure.detail) == (kind, True), failure
+    assert "/scratch/" not in failure.detail
+
+
+def test_out_of_memory_under_a_limit_is_the_inputs_not_a_retry() -> None:
+    lines = ["[vf#0:0 @ 0x1] Error while filtering: Cannot allocate memory"]
+    assert isinstance(failure_error(1, lines), MediaToolError)  # the machine's: retried
+    limited = failure_error(1, lines, memory_limit=3 << 30)
+    assert isinstance(limited, InputError) and "3.0 GiB" in str(limited)
+
+
+def test_tool_failure_tail_has_no_scratch_paths(tmp_path: Path) -> None:
+    lines = [f"[out#0/mp4 @ 0x1] Could not write header to {tmp_path}/job/vertical.mp4: boom"]
+    error = failure_error(1, lines)
+    assert isinstance(error, MediaToolError)
+    assert str(tmp_path) not in str(error) and "vertical.mp4" in str(error)

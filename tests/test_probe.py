@@ -193,3 +193,15 @@ def test_split_top_level() -> None:
         "yuv420p(tv, bt709)",
         "1x2 [SAR 1:1 DAR 1:2]",
     ]
+
+
+def test_video_after_990_audio_streams_is_found(tmp_path: Path) -> None:
+    # ffmpeg lists each stream with its tags: ~6,000 lines before the video stream,
+    # past the 5,000 lines the probe used to read.
+    from tests.corpus import make_many_audio_mkv
+
+    src = make_many_audio_mkv(tmp_path / "commentary.mkv", audio_streams=990)
+    info = probe(src)
+    assert len(info.audio_streams) == 990
+    assert info.video is not None and info.video.index == 990
+    assert (info.video.width, info.video.height) == (32, 32)

@@ -134,3 +134,30 @@ def test_atempo_chain_covers_slow_speeds() -> None:
     args = ffmpeg_python.output(atempo_chain(src, 0.25), "file:/y.wav").get_args()
     graph = args[args.index("-filter_complex") + 1]
     assert graph.count("atempo=0.5") == 2
+
+
+def test_quality_zero_is_lossless_not_a_refused_encoder(media: Path, tmp_path: Path) -> None:
+    # libx264 refuses CRF 0 (lossless) with the "high" profile; every documented
+    # quality (0..51) must encode.
+    result = VerticalHandler().run(ctx_for(tmp_path, media / "halves.mp4", params(quality=0)))
+    info = probe(result.outputs[0].path)
+    assert info.video is not None and info.video.profile == "High 4:4:4 Predictive"
+    assert info.video.pix_fmt == "yuv420p"
+
+
+def test_huge_caps_and_trim_are_plain_numbers_for_ffmpeg(media: Path, tmp_path: Path) -> None:
+    # 1000000 was written "1e+06", which ffmpeg refuses as a duration: every job failed.
+    p = params(max_duration_s=1_000_000, trim_start_s=0.5, trim_end_s=1_000_000)
+    result = VerticalHandler().run(ctx_for(tmp_path, media / "halves.mp4", p))
+    assert probe(result.outputs[0].path).duration_s == pytest.approx(3.5, abs=0.1)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"max_duration_s": 1e9}, {"max_duration_s": float("inf")}, {"max_duration_s": float("nan")},
+     {"trim_start_s": -1}, {"trim_start_s": 1e12}, {"trim_end_s": 1e12},
+     {"max_input_pixels": 2**31}, {"quality": 52}, {"quality": -1}],
+)  # fmt: skip
+def test_out_of_range_values_are_refused_at_config_load(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        VerticalParams(**bad)  # type: ignore[arg-type]

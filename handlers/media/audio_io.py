@@ -20,6 +20,7 @@ from typing import Literal
 import ffmpeg
 import structlog
 
+from handlers.media.decode_caps import DecodeCaps
 from handlers.media.ffmpeg_run import file_url, input_args, media_input, run_ffmpeg
 
 log = structlog.get_logger(__name__)
@@ -72,8 +73,13 @@ def decode_to_f32(
     duration_s: float | None = None,
     progress: Callable[[float], None] | None = None,
 ) -> int:
-    """Decode one audio stream to raw float32 frames in ``dest``; returns the frame count."""
-    audio = media_input(source)[str(stream_index)]
+    """Decode one audio stream to raw float32 frames in ``dest``; returns the frame count.
+
+    Decoding past ``max_duration_s`` (a container that claims less, ``duration_s``) is
+    an :class:`~handlers.exceptions.InputError`, as :class:`DecodeCaps` enforces it.
+    """
+    caps = DecodeCaps(max_duration_s=max_duration_s, declared_s=duration_s)
+    audio = media_input(source, caps=caps)[str(stream_index)]
     layout: dict[str, int] = {}
     if source_channels == 1 and channels == 2:
         # Mono to stereo as demucs does it (the same signal both sides); ffmpeg's
@@ -86,10 +92,12 @@ def decode_to_f32(
         audio,
         file_url(dest),
         **layout,
-        **{"ar": sample_rate, "t": f"{max_duration_s:g}", "c:a": "pcm_f32le", "f": "f32le"},
+        **{"ar": sample_rate, "t": caps.output_t(), "c:a": "pcm_f32le", "f": "f32le"},
         **{"vn": None, "sn": None, "dn": None},
     )
-    run_ffmpeg(out.get_args(), deadline=deadline, duration_s=duration_s, progress=progress)
+    run_ffmpeg(
+        out.get_args(), deadline=deadline, duration_s=duration_s, progress=progress, caps=caps
+    )
     return dest.stat().st_size // (4 * channels)
 
 

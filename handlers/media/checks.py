@@ -17,6 +17,7 @@ from typing import Annotated, Literal, Protocol, TypeVar, runtime_checkable
 from pydantic import AfterValidator, Field
 
 from handlers.exceptions import InputError
+from handlers.media.decode_caps import DecodeCaps
 from handlers.media.probe import AudioStream, MediaInfo, VideoStream, probe
 from handlers.protocol import HandlerContext, HandlerParams
 
@@ -45,10 +46,21 @@ def _even(value: int) -> int:
 EvenPixels = Annotated[int, AfterValidator(_even)]
 """A frame size in pixels that must be even; add range limits with ``Field``."""
 
+# Upper bounds keep every value one ffmpeg takes: a year of media, and 2**28 pixels
+# (ffmpeg refuses any frame of about that size or more: av_image_check_size).
+MAX_SECONDS = 366 * 24 * 3600
+MAX_PIXELS = 16384 * 16384
+
 # The caps as field types, so a params model that cannot derive from MediaLimits
 # (its fields would move first in the manifest's ``params``) still declares them once.
-MaxDurationS = Annotated[float, Field(gt=0, description="longer inputs are rejected")]
-MaxInputPixels = Annotated[int, Field(gt=0, description="inputs with larger frames are rejected")]
+MaxDurationS = Annotated[
+    float, Field(gt=0, le=MAX_SECONDS, description="longer inputs are rejected")
+]
+MaxInputPixels = Annotated[
+    int, Field(gt=0, le=MAX_PIXELS, description="inputs with larger frames are rejected")
+]
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
+"""A point or span in a media timeline (a trim, a segment), in seconds."""
 DEFAULT_MAX_DURATION_S = 4 * 3600
 DEFAULT_MAX_INPUT_PIXELS = 8192 * 8192
 
@@ -121,6 +133,25 @@ def probe_input(
     if audio_reason is not None:
         require_audio(info, route, audio_reason)
     return ProbedInput(info, video, info.audio)
+
+
+def decode_caps(
+    caps: DurationCap, info: MediaInfo, *, start_s: float = 0.0, speed: float = 1.0
+) -> DecodeCaps:
+    """The route's caps for the ffmpeg run that decodes this input (see DecodeCaps):
+    frames over ``max_input_pixels`` and decoding past ``max_duration_s`` fail it even
+    where the container said otherwise. ``start_s``/``speed``: a trim's start and the
+    playback speed, so the duration cap lands at the right output time."""
+    pixels = caps.max_input_pixels if isinstance(caps, FrameCaps) else None
+    video = info.video
+    return DecodeCaps(
+        max_pixels=pixels,
+        max_duration_s=caps.max_duration_s,
+        start_s=start_s,
+        speed=speed,
+        declared_s=info.duration_s,
+        declared_size=(video.width, video.height) if video else None,
+    )
 
 
 def _probe(ctx: HandlerContext) -> MediaInfo:

@@ -27,13 +27,15 @@ from pydantic import Field
 
 from gpu.encoders import LIBX264, VideoEncoderChoice, choose_video_encoder, encoder_args
 from gpu.ffmpeg_binary import ffmpeg_filters, ffmpeg_version
-from handlers.exceptions import InputError, MediaToolError
+from handlers.exceptions import HandlerConfigError, InputError, MediaToolError
+from handlers.media.decode_caps import DecodeCaps
 from handlers.media.ffmpeg_run import FfmpegTimeoutError, run_ffmpeg
 from handlers.media.probe import MediaInfo, VideoStream
 
 log = structlog.get_logger(__name__)
 
-# The encode settings every video route offers, declared once.
+# The encode settings every video route offers, declared once. 0 on libx264 is lossless
+# (High 4:4:4 Predictive profile: see gpu.encoders.encoder_args).
 VideoQuality = Annotated[
     int | None, Field(ge=0, le=51, description="CRF (libx264) or CQ (NVENC); None: encoder default")
 ]
@@ -86,24 +88,26 @@ def encode_video(
     deadline: float,
     duration_s: float | None,
     progress: Callable[[float], None],
+    caps: DecodeCaps | None = None,
 ) -> dict[str, Any]:
     """Run ``build(choice)`` through run_ffmpeg; return the facts for ``result.runtime``.
 
     A hardware path that passed its probe can still fail on a real input (an
     NVENC session limit, an NVDEC profile it lacks): then the encode is re-run on
     libx264 at once rather than failing the job. ``outputs`` are removed on any
-    failure so no half-written file is left behind.
+    failure so no half-written file is left behind. ``caps``: the route's caps, which
+    the run enforces while decoding (:class:`DecodeCaps`).
     """
     choice = choose_video_encoder(device)
     runtime: dict[str, Any] = {**choice.as_runtime(), "ffmpeg": ffmpeg_version()}
 
     def run(c: VideoEncoderChoice) -> None:
-        run_ffmpeg(build(c), deadline=deadline, duration_s=duration_s, progress=progress)
+        run_ffmpeg(build(c), deadline=deadline, duration_s=duration_s, progress=progress, caps=caps)
 
     try:
         try:
             run(choice)
-        except (InputError, FfmpegTimeoutError):
+        except (InputError, HandlerConfigError, FfmpegTimeoutError):
             raise
         except MediaToolError as exc:
             if choice.codec == LIBX264 and choice.hwaccel is None:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import structlog
 
-from handlers.exceptions import InputError, MediaToolError
+from handlers.exceptions import HandlerConfigError, InputError, MediaToolError
 from handlers.media.ffmpeg_run import (
     FfmpegTimeoutError,
     classify_failure,
@@ -55,6 +55,9 @@ _NAMED_LAYOUTS = {
     "hexadecagonal": 16,
 }
 _HDR_TRANSFERS = frozenset({"smpte2084", "arib-std-b67"})
+# ffmpeg opens at most 1,000 streams (its max_streams); listed with their tags that is
+# well under a megabyte. All of it is parsed: a cut-off list would hide streams.
+PROBE_HEAD_CHARS = 16 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,10 +177,23 @@ def probe(path: Path, *, timeout: float = 30, deadline: float | None = None) -> 
     started = time.monotonic()
     # Raw argv: a command with no output (ffmpeg-python cannot build one); ffmpeg
     # prints the input's streams and exits 1.
-    result = run_ffmpeg(input_args(path), deadline=deadline, timeout=timeout, check=False)
+    result = run_ffmpeg(
+        input_args(path),
+        deadline=deadline,
+        timeout=timeout,
+        check=False,
+        head_chars=PROBE_HEAD_CHARS,
+    )
+    if result.stderr_head_full:
+        raise InputError(
+            "the file's stream list is too large to read (over "
+            f"{PROBE_HEAD_CHARS >> 20} MiB of stream descriptions and tags)"
+        )
     info = parse_probe_output(result.stderr_head, size)
     if info is None:
         failure = classify_failure(result.stderr_lines)
+        if failure.kind == "config":  # our own probe command: this ffmpeg refuses it
+            raise HandlerConfigError(f"ffmpeg refused the probe command: {failure.detail}")
         if failure.kind == "tool":
             tail = " | ".join(failure.tail)[-500:]
             raise MediaToolError(f"ffmpeg could not probe the input: {tail or 'no output'}")

@@ -23,6 +23,7 @@ import structlog
 from ffmpeg.nodes import FilterableStream, OutputStream
 from pydantic import Field
 
+from handlers.media.decode_caps import DecodeCaps
 from handlers.media.ffmpeg_run import file_url, media_input, run_ffmpeg
 from handlers.protocol import HandlerParams, OutputFile
 
@@ -61,12 +62,14 @@ class PcmFormat:
 
 
 def pcm_output(
-    audio: FilterableStream, path: Path, sample_rate: int, *, max_s: float | None = None
+    audio: FilterableStream, path: Path, sample_rate: int, *, caps: DecodeCaps | None = None
 ) -> OutputStream:
-    """An ffmpeg-python output writing ``audio`` as mono float32 PCM to ``path``."""
+    """An ffmpeg-python output writing ``audio`` as mono float32 PCM to ``path``.
+
+    With ``caps`` it stops a little past the duration cap (``DecodeCaps.output_t``)."""
     opts: dict[str, Any] = {"f": "f32le", "acodec": "pcm_f32le", "ac": 1, "ar": sample_rate}
-    if max_s is not None:
-        opts["t"] = f"{max_s:g}"
+    if caps is not None and (limit := caps.output_t()) is not None:
+        opts["t"] = limit
     return ffmpeg.output(audio, file_url(path), **opts)
 
 
