@@ -52,6 +52,11 @@ class HandlerContext:
     device: str  # "cpu" or "cuda:0"
     deadline: float  # time.monotonic() value by which the handler must finish
     progress: ProgressFn = lambda fraction, phase: None
+    # A job file's media (DESIGN §10), downloaded: each of its ``sources`` by its name
+    # there (a single ``source`` is named "main"), and each bucket key the params
+    # reference (``referenced_keys``) by that key. ``input_path`` is the first source.
+    # Empty for a plain media input.
+    sources: Mapping[str, Path] = field(default_factory=dict)
     # Per-worker-process state that survives across jobs (warm models, probes).
     cache: dict[str, Any] = field(default_factory=dict)
     # infra/log.py configures structlog with a filtering bound logger.
@@ -130,6 +135,15 @@ def no_models(params: HandlerParams) -> list[str]:
     return []
 
 
+def no_keys(params: HandlerParams) -> list[str]:
+    """The ``referenced_keys`` of a handler whose params name no bucket objects."""
+    return []
+
+
+SourceCount = Literal["one", "many"]
+"""How many media a job file may name for a handler: one ``source``, or ``sources``."""
+
+
 @dataclass(frozen=True, slots=True)
 class HandlerInfo:
     """A handler's self-description, optional members filled in with these defaults.
@@ -144,6 +158,12 @@ class HandlerInfo:
     default_routes: RouteDefaults = field(default_factory=dict)
     # The model names (as in the model store) a job with these params needs.
     required_models: Callable[[HandlerParams], list[str]] = no_models
+    # Job files (DESIGN §10): how many sources a job may name, whether the route takes
+    # only job files (render: an edit decision list is nothing without one), and which
+    # bucket keys the params name that must be downloaded too (e.g. an overlay image).
+    sources: SourceCount = "one"
+    job_files_only: bool = False
+    referenced_keys: Callable[[HandlerParams], list[str]] = no_keys
 
 
 _OPTIONAL = tuple(f.name for f in fields(HandlerInfo))
@@ -164,6 +184,14 @@ def describe(handler: Handler) -> HandlerInfo:
         )
     if not callable(info.required_models):
         raise HandlerConfigError(f"{where}: required_models must be a method")
+    if not callable(info.referenced_keys):
+        raise HandlerConfigError(f"{where}: referenced_keys must be a method")
+    if info.sources not in get_args(SourceCount):
+        raise HandlerConfigError(
+            f"{where}: sources must be one of {get_args(SourceCount)}, not {info.sources!r}"
+        )
+    if not isinstance(info.job_files_only, bool):
+        raise HandlerConfigError(f"{where}: job_files_only must be true or false")
     routes = info.default_routes
     if not isinstance(routes, Mapping) or not all(
         isinstance(name, str) and isinstance(params, Mapping) for name, params in routes.items()
