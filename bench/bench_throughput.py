@@ -216,6 +216,7 @@ def main() -> int:
     configure_logging(level="WARNING")
     os.environ["DROPGPU_LOG_LEVEL"] = "WARNING"  # the workers log as this process does
     rows: dict[str, dict[str, Any]] = {}
+    load_before = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         profile = asyncio.run(_profile(tmp, args.jobs))
@@ -243,6 +244,8 @@ def main() -> int:
         "jobs": args.jobs,
         "workers": args.workers,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "load_average_before": load_before,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "note": "a shared 2-core machine: other sessions ran meanwhile, so the figures are noisy",
         "target_jobs_per_s": 30,
         "strategies": rows,
