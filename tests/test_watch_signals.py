@@ -27,6 +27,7 @@ from tests.pipeline_helpers import (
     COUNTING,
     keys_under,
     popen_cli,
+    put_bytes,
     put_file,
     read_manifest,
     run,
@@ -259,3 +260,39 @@ def test_a_killed_watcher_takes_its_workers_and_their_ffmpeg_along(
     os.kill(proc.pid, signal.SIGKILL)  # the watcher alone: no cleanup code of its runs
     proc.wait()
     _assert_no_orphans(workers + ffmpeg, proc.pid)
+
+
+@pytest.mark.parametrize("bucket_spec", ["local"], indirect=True)
+def test_sigterm_to_every_python_process_is_left_to_the_watcher(
+    target: BucketSpec, tmp_path: Path
+) -> None:
+    """systemd's KillMode=control-group signals each process of the unit itself: the
+    workers leave it to the watcher (ffmpeg cannot; docs/operations.md: KillMode=mixed)."""
+    from tests.handlers_for_tests import executions
+    from tests.test_torture import worker_pids
+    from tests.test_watch_cli import counting_toml
+
+    counter = tmp_path / "runs"
+    config = counting_toml(tmp_path / "dropgpu.toml", counter, ttl=20, sleep_s=3)
+
+    async def drop() -> None:
+        async with target.open() as bucket:
+            await put_bytes(bucket, "inputs/count/a.bin", b"a")
+
+    run(drop())
+    proc = popen_cli(["watch", "--workers", "1", "--config", str(config), *target.cli_args])
+    _wait_for(lambda: executions(counter) > 0, "the job to start", proc)
+    workers = worker_pids(proc.pid)
+    assert workers
+    for pid in [proc.pid, *workers]:
+        os.kill(pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+
+    async def check() -> None:
+        async with target.open() as bucket:
+            m = await read_manifest(bucket, "outputs/count/a.bin/manifest.json")
+            assert m["status"] == "succeeded" and m["attempts"] == 1
+
+    run(check())
+    _assert_no_orphans(workers, proc.pid)
