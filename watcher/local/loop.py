@@ -147,6 +147,9 @@ async def watch(
         )
     finally:
         await keeper.stop()
+        # Left queued only when the loop failed (e.g. the bucket became unusable):
+        # never started, so given back rather than left to expire as a crash.
+        await release_unstarted(bucket, pool.take_queued())
         # Webhooks for give-ups the tick committed; bounded, never blocks for long.
         await drain_notifications(timeout=25)
 
