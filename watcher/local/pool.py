@@ -166,7 +166,9 @@ class LocalWorkerPool:
     ``queue_limit=0`` is capacity-limited claiming: only as many claims as idle workers.
     """
 
-    def __init__(self, size: int, options: WorkerOptions, *, queue_limit: int | None = None):
+    def __init__(
+        self, size: int, options: WorkerOptions, *, queue_limit: int | None = None
+    ) -> None:
         self.size = size
         self.options = options
         self.queue_limit = QUEUE_PER_WORKER * size if queue_limit is None else max(0, queue_limit)
