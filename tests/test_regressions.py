@@ -149,14 +149,15 @@ def test_lease_with_a_heartbeat_gap_stays_lost(tmp_path: Path) -> None:
 
 def test_submit_after_a_free_worker_died_during_the_tick_does_not_crash(tmp_path: Path) -> None:
     """Found by the torture test: a worker counted free when the tick began was killed
-    before the tick handed it a claim; submit() raised and the whole watcher exited."""
+    before the tick handed it a claim; submit() raised and the whole watcher exited.
+    The claim now stays queued for the worker that replaces it."""
     opts = WorkerOptions(bucket=str(tmp_path / "b"), endpoint_url=None, scratch_root=str(tmp_path))
     pool = LocalWorkerPool(1, opts)
-    worker = _Worker(0, _DeadProcess(), _ListQueue(), ready=True)  # type: ignore[arg-type]
+    worker = _Worker(0, _DeadProcess(), _BrokenPipe(), ready=True)  # type: ignore[arg-type]
     pool._workers = [worker]
     spec = JobSpec.from_dict(_spec_dict())
     pool.submit(spec)  # must not raise
-    assert worker.job is spec and worker.tasks.items == [spec.to_dict()]
+    assert worker.job is None and worker.gone and pool.queued() == 1
 
 
 class _DeadProcess:
@@ -167,12 +168,12 @@ class _DeadProcess:
         return False
 
 
-class _ListQueue:
-    def __init__(self) -> None:
-        self.items: list[Any] = []
+class _BrokenPipe:
+    def send(self, item: Any) -> None:
+        raise BrokenPipeError("the worker is gone")
 
-    def put(self, item: Any) -> None:
-        self.items.append(item)
+    def poll(self) -> bool:
+        return False
 
 
 def _spec_dict() -> dict[str, Any]:

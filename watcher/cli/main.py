@@ -33,12 +33,14 @@ from watcher.cli.options import (
 )
 from watcher.cli.signals import restore_ctrl_c
 from watcher.config import Config, load_config
-from watcher.exceptions import UnsafeStoreError
+from watcher.exceptions import ConfigError, UnsafeStoreError
 
 if TYPE_CHECKING:
     from infra.storage.bucket import Bucket
 
 ConfigCommand = Callable[[argparse.Namespace, Config], Awaitable[int]]
+# `watch --once --wait-retries` without a value: the default backoff_max_seconds.
+WAIT_RETRIES_DEFAULT_S = 900.0
 
 
 def _with_config(command: ConfigCommand) -> Callable[[argparse.Namespace], int]:
@@ -78,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes (default: per machine)",
     )
     w.add_argument("--once", action="store_true", help="process what is there now, then exit")
+    w.add_argument(
+        "--wait-retries",
+        type=checked(float, lambda s: s >= 0, "--wait-retries must be 0 or more seconds"),
+        nargs="?",
+        const=WAIT_RETRIES_DEFAULT_S,
+        default=None,
+        metavar="SECONDS",
+        help="with --once: also wait for scheduled retries due within SECONDS "
+        f"(default {WAIT_RETRIES_DEFAULT_S:.0f}), so transient failures end with a manifest",
+    )
     w.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
     w.add_argument("--scratch-dir", default=None, help="local scratch folder for jobs")
     w.set_defaults(func=_with_config(_cmd_watch))
@@ -140,6 +152,8 @@ async def _cmd_watch(args: argparse.Namespace, config: Config) -> int:
     )
     from watcher.store_check import check_create_only
 
+    if args.wait_retries is not None and not args.once:
+        raise ConfigError("--wait-retries needs --once (a running watch always takes retries)")
     interval = args.interval if args.interval is not None else config.watch.interval_seconds
     async with _open(args) as bucket:
         check = await check_create_only(bucket, concurrent=1)
@@ -173,15 +187,19 @@ async def _cmd_watch(args: argparse.Namespace, config: Config) -> int:
             )
         try:
             summary = await watch(
-                bucket, config, pool, once=args.once, interval=interval, stop=stop
+                bucket,
+                config,
+                pool,
+                once=args.once,
+                interval=interval,
+                stop=stop,
+                wait_retries_s=args.wait_retries,
             )
         finally:
             pool.stop(kill=True, timeout=1)
-    done = ", ".join(f"{n} {k}" for k, n in sorted(summary.outcomes.items())) or "nothing to do"
-    print(f"dropgpu: {done}", file=sys.stderr)
-    for key in summary.failed_manifests:
-        print(f"  failed: {key}", file=sys.stderr)
-    return ExitCode.OK  # even when jobs failed: their manifests say so
+    print("\n".join(summary.lines()), file=sys.stderr)
+    # Even when jobs failed (their manifests say so); a second signal left jobs unfinished.
+    return ExitCode.INTERRUPTED if summary.forced else ExitCode.OK
 
 
 async def _cmd_status(args: argparse.Namespace, config: Config) -> int:
