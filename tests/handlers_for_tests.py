@@ -7,12 +7,15 @@ creates a uniquely named file in ``counter_dir``, from any process.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
 import uuid
 from pathlib import Path
 from typing import ClassVar
+
+from pydantic import Field
 
 from handlers.exceptions import InputError, TransientError
 from handlers.protocol import HandlerContext, HandlerParams, HandlerResult, OutputFile
@@ -66,3 +69,43 @@ class CountingHandler:
             media={"bytes": len(data)},
             summary={"worker_runs": ctx.cache["runs"]},
         )
+
+
+class Segment(HandlerParams):
+    source: str = "main"
+    speed: float = Field(default=1.0, gt=0)
+
+
+class SourcesParams(HandlerParams):
+    label: str = "route"
+    segments: list[Segment] = Field(default_factory=list)
+    # A bucket key the params name (like render's overlay image): downloaded too.
+    extra_key: str | None = None
+
+
+class SourcesHandler:
+    """Takes job files with several sources; writes what it got as sources.json."""
+
+    name: ClassVar[str] = "sources"
+    version: ClassVar[str] = "1.0.0"
+    Params: ClassVar[type[HandlerParams]] = SourcesParams
+    extensions: ClassVar[frozenset[str]] = frozenset({".bin"})
+    sources: ClassVar[str] = "many"
+
+    @staticmethod
+    def referenced_keys(params: HandlerParams) -> list[str]:
+        extra = params.extra_key  # type: ignore[attr-defined]
+        return [extra] if extra else []
+
+    def run(self, ctx: HandlerContext) -> HandlerResult:
+        got = {name: path.read_bytes().decode() for name, path in ctx.sources.items()}
+        out = ctx.output_dir / "sources.json"
+        out.write_text(
+            json.dumps({"sources": got, "input": ctx.input_path.read_bytes().decode()})
+        )
+        return HandlerResult(outputs=[OutputFile("sources.json", out, "data", "application/json")])
+
+
+class JobFilesOnlyHandler(SourcesHandler):
+    name: ClassVar[str] = "job-files-only"
+    job_files_only: ClassVar[bool] = True

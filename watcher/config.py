@@ -45,6 +45,10 @@ class RouteConfig(BaseModel):
     max_attempts: int = Field(default=3, ge=1, le=100)
     timeout_seconds: float = Field(default=3_600.0, gt=0, le=86_400)
     enabled: bool = True
+    # Job files (DESIGN §10): how long a job waits for a source not uploaded yet, and
+    # the key prefixes its sources may come from (never _dropgpu/).
+    sources_wait_seconds: float = Field(default=900.0, ge=0, le=7 * 86_400)
+    source_prefixes: tuple[str, ...] = ("inputs/", "sources/", "outputs/")
     # Optional webhook: POST the manifest here when a job of this route commits.
     notify_url: str | None = None
     # Distributed mode (Modal) only; None means what the handler declares (its
@@ -79,6 +83,16 @@ class RouteConfig(BaseModel):
         # Route names become key prefixes: no '/', '..', '\\' or control chars.
         if not ROUTE_NAME.fullmatch(v):
             raise ValueError("must match [a-z0-9][a-z0-9_-]* (max 63 chars)")
+        return v
+
+    @field_validator("source_prefixes")
+    @classmethod
+    def _source_prefixes_are_folders(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for prefix in v:
+            if not prefix.endswith("/") or prefix.startswith(("/", "_dropgpu")):
+                raise ValueError(f"{prefix!r}: a folder like 'sources/' (never '_dropgpu/')")
+            if ".." in prefix.split("/") or any(not c.isprintable() for c in prefix):
+                raise ValueError(f"{prefix!r}: no '..' segments or control characters")
         return v
 
     @field_validator("extensions")

@@ -213,12 +213,25 @@ def classify(
         return Decision(DecisionState.CLAIMABLE, ref, obj, next_attempt=1, claims=job_claims)
     used = job_claims.attempts_used if job_claims else 0
     next_attempt = newest.number + 1
+    now_ms = snapshot.server_time.timestamp() * 1000
     if newest.released:
+        # Released with a retry time: a job file waiting for its sources (the runner's
+        # defer_claim). No try used; not claimed again before that time.
+        if newest.failed_retry_at_ms is not None and now_ms < newest.failed_retry_at_ms:
+            wait = (newest.failed_retry_at_ms - now_ms) / 1000
+            return Decision(
+                DecisionState.RETRY_WAIT,
+                ref,
+                obj,
+                next_attempt,
+                wait_s=wait,
+                detail="waiting for sources",
+                claims=job_claims,
+            )
         return Decision(
             DecisionState.CLAIMABLE, ref, obj, next_attempt=next_attempt, claims=job_claims
         )
     if newest.failed_retry_at_ms is not None:
-        now_ms = snapshot.server_time.timestamp() * 1000
         if now_ms < newest.failed_retry_at_ms:
             wait = (newest.failed_retry_at_ms - now_ms) / 1000
             return Decision(

@@ -83,6 +83,8 @@ def make_job_spec(
         lease_ttl_seconds=settings.lease_ttl_seconds,
         heartbeat_seconds=settings.heartbeat_seconds,
         notify_url=route.notify_url,
+        sources_wait_seconds=route.sources_wait_seconds,
+        source_prefixes=route.source_prefixes,
         retry=RetryPolicy(
             max_attempts=route.max_attempts,
             backoff_base_seconds=settings.backoff_base_seconds,

@@ -40,6 +40,15 @@ class HandlerInfo(_Model):
     version: str
 
 
+class SourceInfo(_Model):
+    """One source of a job file (DESIGN §10) as downloaded: ``input.sources`` lists them."""
+
+    name: str  # its name in the job file's ``sources`` ("main" for ``source``), or the key
+    key: str
+    etag: str
+    size: int
+
+
 class InputInfo(BaseModel):
     # Media probe facts (duration_s, width, fps, codecs, ...) are extra fields.
     model_config = ConfigDict(extra="allow")
@@ -50,6 +59,8 @@ class InputInfo(BaseModel):
     content_type: str | None = None
     last_modified: str | None = None
     duration_s: float | None = None
+    # A job file's media as downloaded, ``sources`` (a list of SourceInfo dicts), is an
+    # extra field, absent for a plain media input: plain manifests keep their shape.
 
 
 class OutputInfo(_Model):

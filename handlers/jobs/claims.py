@@ -8,6 +8,9 @@ handlers/contract/keys.py, one ``ClaimKind`` each):
 - ``attempt-n.failed-<ms>``: attempt n failed transiently; retry at that time.
 - ``attempt-n.released``: attempt n was given back unfinished (Ctrl-C, a failed
   spawn); the next tick may claim n+1 at once and the attempt uses up no try.
+- both ``attempt-n.failed-<ms>`` and ``attempt-n.released``: a job file whose
+  source is not uploaded yet (``defer_claim``): no try used, and n+1 is not
+  claimed before that time.
 
 This module is the only writer of those keys; watcher/state.py is their one
 reader. The done marker (the fence) and the manifest are the commit's
@@ -97,6 +100,31 @@ async def release_claim(bucket: Bucket, ref: JobRef, attempt: int) -> bool:
         log.warning("claim_release_failed_expires_with_lease", error=one_line(exc))
         return False
     return True
+
+
+async def defer_claim(
+    bucket: Bucket, ref: JobRef, attempt: int, *, message: str, retry_at_ms: int
+) -> None:
+    """Give attempt n back until ``retry_at_ms`` without using a try (DESIGN §10).
+
+    The retry time goes first: a released marker alone would be claimed at once.
+    Cut short between the two, the job counts one attempt and retries at that time.
+    """
+    body = json.dumps(
+        {
+            "kind": "waiting",
+            "message": one_line(message, 1000),
+            "attempt": attempt,
+            "retry_at": iso(datetime.fromtimestamp(retry_at_ms / 1000, UTC)),
+        },
+        ensure_ascii=False,
+    ).encode()
+    await with_storage_retries(
+        lambda: bucket.create_if_absent(ref.failure_key(attempt, retry_at_ms), body)
+    )
+    await with_storage_retries(
+        lambda: bucket.create_if_absent(ref.released_key(attempt), claim_body(waiting=True))
+    )
 
 
 async def drop_claim(bucket: Bucket, claim_key: str) -> None:

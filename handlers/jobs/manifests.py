@@ -20,6 +20,7 @@ from handlers.contract.manifest import (
     Manifest,
     OutputInfo,
     RuntimeInfo,
+    SourceInfo,
     Timings,
     iso,
     utc_now,
@@ -32,7 +33,7 @@ from infra.text import one_line
 from infra.version import dropgpu_version
 
 # Fields of the manifest's ``input`` the runner owns; a handler's media facts cannot override them.
-_RESERVED_INPUT_FIELDS = ("key", "etag", "size", "content_type", "last_modified")
+_RESERVED_INPUT_FIELDS = ("key", "etag", "size", "content_type", "last_modified", "sources")
 
 
 def build_manifest(
@@ -48,10 +49,13 @@ def build_manifest(
     result: HandlerResult | None = None,
     outputs: list[OutputInfo] | None = None,
     error: ErrorInfo | None = None,
+    sources: list[dict[str, Any]] | None = None,
 ) -> Manifest:
     media = dict(result.media) if result else {}
     for reserved in _RESERVED_INPUT_FIELDS:
         media.pop(reserved, None)
+    if sources:  # a job file's media as downloaded (DESIGN §10)
+        media["sources"] = [SourceInfo(**s).model_dump() for s in sources]
     runtime: dict[str, Any] = dict(result.runtime) if result else {}
     return Manifest(
         status=status,

@@ -13,6 +13,7 @@ class JobStatus(StrEnum):
     SUPERSEDED = "superseded"  # the claimed version is gone or already committed
     FENCED = "fenced"  # another attempt committed first; this one wrote nothing
     LEASE_LOST = "lease_lost"  # heartbeats lapsed; abandoned without committing
+    WAITING = "waiting"  # a job file's source is not there yet: given back, not an attempt
 
 
 @dataclass(frozen=True, slots=True)

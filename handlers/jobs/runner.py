@@ -30,6 +30,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -42,18 +43,33 @@ from gpu.device import DeviceInfo
 from handlers.contract.keys import MAX_KEY_BYTES, unsafe_rel_reason
 from handlers.contract.manifest import ErrorKind, Manifest, OutputInfo, RuntimeInfo, utc_now
 from handlers.exceptions import HandlerConfigError, InputError, TransientError
-from handlers.jobs.claims import drop_claim
+from handlers.jobs.claims import defer_claim, drop_claim
 from handlers.jobs.commit import commit, current_etag, discard_outputs
 from handlers.jobs.failures import record_transient_failure
+from handlers.jobs.job_file import (
+    JOB_FILE_SUFFIX,
+    MAX_JOB_FILE_BYTES,
+    JobFile,
+    check_source_key,
+    parse_job_file,
+    validate_params,
+)
 from handlers.jobs.lease import Lease, LeaseLost
 from handlers.jobs.manifests import build_manifest, failed_manifest
 from handlers.jobs.outcome import JobOutcome, JobStatus
 from handlers.jobs.retry import with_storage_retries
-from handlers.jobs.spec import JobSpec, bound_to_job
-from handlers.protocol import Handler, HandlerContext, HandlerParams, HandlerResult, OutputFile
+from handlers.jobs.spec import JobSpec, bound_to_job, parse_iso
+from handlers.protocol import (
+    Handler,
+    HandlerContext,
+    HandlerParams,
+    HandlerResult,
+    OutputFile,
+    describe,
+)
 from handlers.registry import get_handler
 from infra.hashing import sha256_and_size
-from infra.storage.bucket import Bucket
+from infra.storage.bucket import Bucket, ObjectInfo
 from infra.storage.errors import BucketError, ObjectNotFound, PreconditionFailed, UnsafeKeyError
 from infra.text import one_line, quoted, redacted_traceback
 
@@ -66,6 +82,25 @@ UPLOAD_CONCURRENCY = 4
 
 class _Superseded(Exception):
     """The claimed version is gone or replaced: nothing to do for this job."""
+
+
+class _WaitForSources(Exception):
+    """A job file's source is not uploaded yet: give the claim back until ``retry_at_ms``."""
+
+    def __init__(self, message: str, retry_at_ms: int) -> None:
+        super().__init__(message)
+        self.retry_at_ms = retry_at_ms
+
+
+@dataclass(frozen=True, slots=True)
+class _Inputs:
+    """What the handler gets: validated params, the input, a job file's sources."""
+
+    params: HandlerParams
+    input_path: Path
+    sources: dict[str, Path] = field(default_factory=dict)
+    # name, key, etag, size of each source as downloaded (the manifest's input.sources)
+    records: list[dict[str, Any]] = field(default_factory=list)
 
 
 class JobRunner:
@@ -117,13 +152,13 @@ class JobRunner:
                 scratch.mkdir(parents=True, exist_ok=True)
                 log.info("job_started", device=self.device.name)
                 try:
-                    params, handler = self._check_job(job)
+                    handler = self._check_job(job)
                     await self._check_not_done(job)
                     input_path = await self._download(job, scratch, lease, timings)
+                    inputs = await self._prepare(job, handler, input_path, scratch, timings)
+                    params = inputs.params
                     handler_ran = True
-                    result = await self._process(
-                        job, handler, params, input_path, scratch, lease, timings
-                    )
+                    result = await self._process(job, handler, inputs, scratch, lease, timings)
                     lease.check()
                     outputs = await self._upload(job, result.outputs, lease, timings, uploaded)
                     lease.check()
@@ -138,6 +173,7 @@ class JobRunner:
                         handler=(handler.name, handler.version),
                         result=result,
                         outputs=outputs,
+                        sources=inputs.records or None,
                     )
                 except (InputError, HandlerConfigError) as exc:
                     kind: ErrorKind = "input" if isinstance(exc, InputError) else "config"
@@ -162,6 +198,15 @@ class JobRunner:
                 if outcome.status is JobStatus.FENCED:
                     await discard_outputs(self.bucket, uploaded)
                 return outcome
+        except _WaitForSources as exc:  # not an attempt: back to the tick at retry_at
+            log.info("job_waiting_for_sources", reason=str(exc))
+            try:
+                await defer_claim(
+                    self.bucket, ref, job.attempt, message=str(exc), retry_at_ms=exc.retry_at_ms
+                )
+            except BucketError as err:  # the claim expires with its lease instead
+                log.warning("job_defer_failed", error=one_line(err))
+            return JobOutcome(JobStatus.WAITING, str(exc), handler_ran=False)
         except _Superseded as exc:  # nothing to do: drop the claim
             log.info("job_superseded", reason=str(exc))
             await discard_outputs(self.bucket, uploaded)
@@ -200,7 +245,7 @@ class JobRunner:
 
     # -- steps ---------------------------------------------------------------------
 
-    def _check_job(self, job: JobSpec) -> tuple[HandlerParams, Handler]:
+    def _check_job(self, job: JobSpec) -> Handler:
         # Names are shown quoted: a trailing space or a control character must be visible.
         reason = unsafe_rel_reason(job.rel)
         if reason:
@@ -213,24 +258,158 @@ class JobRunner:
                 f"object key too long: the outputs of {quoted(job.ref.input_key)} would pass "
                 f"S3's {MAX_KEY_BYTES}-byte key limit; use a shorter name or fewer folders"
             )
+        suffix = PurePosixPath(job.rel).suffix.lower()
+        handler = get_handler(job.handler)
+        if suffix != JOB_FILE_SUFFIX:
+            if describe(handler).job_files_only:
+                raise InputError(
+                    f"route {quoted(job.route)} takes job files only: drop a .json job file "
+                    f'({{"dropgpu_job": 1, "source": ...}}) naming '
+                    f"{quoted(PurePosixPath(job.rel).name)} as its source"
+                )
+            if job.extensions and suffix not in job.extensions:
+                raise self._unsupported(job)
+        elif job.size > MAX_JOB_FILE_BYTES and JOB_FILE_SUFFIX not in job.extensions:
+            # Not downloaded to find out: a job file is never that large.
+            raise InputError(f"job file too large: {job.size} bytes (limit {MAX_JOB_FILE_BYTES})")
+        return handler
+
+    @staticmethod
+    def _unsupported(job: JobSpec) -> InputError:
         name = PurePosixPath(job.rel).name
         suffix = PurePosixPath(job.rel).suffix.lower()
-        if job.extensions and suffix not in job.extensions:
-            shown = quoted(suffix) if suffix else "(no extension)"
-            raise InputError(
-                f"unsupported file type {shown} for route {quoted(job.route)}: {quoted(name)}; "
-                f"accepted: {', '.join(sorted(job.extensions))}"
-            )
-        handler = get_handler(job.handler)
+        shown = quoted(suffix) if suffix else "(no extension)"
+        return InputError(
+            f"unsupported file type {shown} for route {quoted(job.route)}: {quoted(name)}; "
+            f"accepted: {', '.join(sorted(job.extensions))}"
+            + (", or a .json job file" if job.extensions else "")
+        )
+
+    @staticmethod
+    def _route_params(job: JobSpec, handler: Handler) -> HandlerParams:
         try:
-            params = handler.Params(**job.params)
+            return handler.Params(**job.params)
         except ValidationError as exc:
             err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
+            field_name = ".".join(str(p) for p in err["loc"])
             raise HandlerConfigError(
-                f"invalid params for route '{job.route}': {field}: {err['msg']}"
+                f"invalid params for route '{job.route}': {field_name}: {err['msg']}"
             ) from exc
-        return params, handler
+
+    def _read_job_file(self, job: JobSpec, input_path: Path) -> JobFile | None:
+        """The downloaded input as a job file; None for anything else (media, plain JSON)."""
+        if PurePosixPath(job.rel).suffix.lower() != JOB_FILE_SUFFIX:
+            return None
+        if input_path.stat().st_size > MAX_JOB_FILE_BYTES:
+            if JOB_FILE_SUFFIX in job.extensions:
+                return None  # the handler takes .json itself
+            raise InputError(
+                f"job file too large: {input_path.stat().st_size} bytes "
+                f"(limit {MAX_JOB_FILE_BYTES})"
+            )
+        return parse_job_file(input_path.read_bytes())
+
+    async def _prepare(
+        self,
+        job: JobSpec,
+        handler: Handler,
+        input_path: Path,
+        scratch: Path,
+        timings: dict[str, float | None],
+    ) -> _Inputs:
+        """Params and inputs for the handler: the route's for media, the job file's for one."""
+        job_file = self._read_job_file(job, input_path)
+        info = describe(handler)
+        if job_file is None:
+            if info.job_files_only:
+                raise InputError(
+                    f"route {quoted(job.route)} takes job files only: this .json has no "
+                    '"dropgpu_job": 1 at its top level'
+                )
+            if job.extensions and PurePosixPath(job.rel).suffix.lower() not in job.extensions:
+                raise self._unsupported(job)
+            return _Inputs(self._route_params(job, handler), input_path)
+        if len(job_file.sources) > 1 and info.sources == "one":
+            raise InputError(
+                f"sources: route {quoted(job.route)} takes one source, this job file names "
+                f"{len(job_file.sources)} ({', '.join(job_file.sources)})"
+            )
+        key = job.ref.input_key
+        for name, source_key in job_file.sources.items():
+            where = "source" if list(job_file.sources) == ["main"] else f"sources.{name}"
+            check_source_key(source_key, where, job_key=key, prefixes=job.source_prefixes)
+        params = validate_params(handler.Params, job_file, job.params)
+        wanted: dict[str, tuple[str, str]] = {}  # name -> (key, where)
+        for name, source_key in job_file.sources.items():
+            wanted[name] = (source_key, "source" if name == "main" else f"sources.{name}")
+        for ref_key in info.referenced_keys(params):
+            check_source_key(ref_key, "referenced key", job_key=key, prefixes=job.source_prefixes)
+            wanted.setdefault(ref_key, (ref_key, "referenced key"))
+        return await self._download_sources(job, wanted, params, scratch, timings)
+
+    async def _download_sources(
+        self,
+        job: JobSpec,
+        wanted: dict[str, tuple[str, str]],
+        params: HandlerParams,
+        scratch: Path,
+        timings: dict[str, float | None],
+    ) -> _Inputs:
+        """Find each source (one LIST each), wait for missing ones, GET with If-Match."""
+        keys = sorted({k for k, _ in wanted.values()})
+        listings = await asyncio.gather(
+            *(with_storage_retries(lambda k=k: self.bucket.list(k)) for k in keys)
+        )
+        found = {
+            k: next((o for o in listing.objects if o.key == k), None)
+            for k, listing in zip(keys, listings, strict=True)
+        }
+        missing = [(k, where) for k, where in wanted.values() if found[k] is None]
+        if missing:
+            self._wait_or_fail(job, *missing[0])
+        t0 = time.monotonic()
+        paths: dict[str, Path] = {}
+        infos: dict[str, ObjectInfo] = {}
+        for i, k in enumerate(keys):
+            listed = found[k]
+            assert listed is not None
+            suffix = PurePosixPath(k).suffix
+            path = scratch / (f"source-{i}" + (suffix if _SAFE_SUFFIX.fullmatch(suffix) else ""))
+            try:
+                infos[k] = await with_storage_retries(
+                    lambda k=k, path=path, etag=listed.etag: self.bucket.get_to_file(
+                        k, path, if_match=etag
+                    )
+                )
+            except (PreconditionFailed, ObjectNotFound) as exc:
+                # Retried as an attempt: the next one lists the source's new version.
+                raise TransientError(
+                    f"source {quoted(k)} changed while the job started; retrying"
+                ) from exc
+            paths[k] = path
+        timings["download_s"] = round((timings.get("download_s") or 0) + time.monotonic() - t0, 3)
+        sources = {name: paths[k] for name, (k, _) in wanted.items()}
+        records = [
+            {"name": name, "key": k, "etag": infos[k].etag, "size": infos[k].size}
+            for name, (k, _) in wanted.items()
+        ]
+        first = next(iter(sources.values()))
+        return _Inputs(params, first, sources, records)
+
+    def _wait_or_fail(self, job: JobSpec, key: str, where: str) -> None:
+        """Raise _WaitForSources while the route's wait lasts, then InputError naming the key."""
+        wait = job.sources_wait_seconds
+        deadline = parse_iso(job.last_modified).timestamp() + wait
+        now = utc_now().timestamp()
+        if now >= deadline:
+            raise InputError(
+                f"{where}: {quoted(key)} does not exist (waited {wait:.0f} s for it); "
+                "upload it, then drop the job file again"
+            )
+        poll = min(15.0, max(0.5, wait / 4), deadline - now)
+        raise _WaitForSources(
+            f"{where}: {quoted(key)} does not exist yet", int((now + poll) * 1000) + 1
+        )
 
     async def _check_not_done(self, job: JobSpec) -> None:
         """Stop if another attempt already committed this job (one one-key LIST).
@@ -283,8 +462,7 @@ class JobRunner:
         self,
         job: JobSpec,
         handler: Handler,
-        params: HandlerParams,
-        input_path: Path,
+        inputs: _Inputs,
         scratch: Path,
         lease: Lease,
         timings: dict[str, float | None],
@@ -295,10 +473,11 @@ class JobRunner:
         output_dir.mkdir(exist_ok=True)
         work_dir.mkdir(exist_ok=True)
         ctx = HandlerContext(
-            input_path=input_path,
+            input_path=inputs.input_path,
             output_dir=output_dir,
             work_dir=work_dir,
-            params=params,
+            params=inputs.params,
+            sources=inputs.sources,
             device=self.device.name,
             deadline=time.monotonic() + job.timeout_seconds,
             progress=lease.update,

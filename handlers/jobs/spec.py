@@ -41,6 +41,10 @@ class JobSpec:
     heartbeat_seconds: float
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     notify_url: str | None = None
+    # Job files (DESIGN §10): how long a missing source is waited for (from the job
+    # file's LastModified), and the key prefixes sources may come from.
+    sources_wait_seconds: float = 900.0
+    source_prefixes: tuple[str, ...] = ("inputs/", "sources/", "outputs/")
 
     @property
     def ref(self) -> JobRef:
@@ -53,12 +57,15 @@ class JobSpec:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["extensions"] = list(self.extensions)
+        data["source_prefixes"] = list(self.source_prefixes)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:
         data = dict(data)
         data["extensions"] = tuple(data["extensions"])
+        if "source_prefixes" in data:
+            data["source_prefixes"] = tuple(data["source_prefixes"])
         data["retry"] = RetryPolicy(**data.get("retry", {}))
         return cls(**data)
 
