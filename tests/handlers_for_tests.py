@@ -100,9 +100,7 @@ class SourcesHandler:
     def run(self, ctx: HandlerContext) -> HandlerResult:
         got = {name: path.read_bytes().decode() for name, path in ctx.sources.items()}
         out = ctx.output_dir / "sources.json"
-        out.write_text(
-            json.dumps({"sources": got, "input": ctx.input_path.read_bytes().decode()})
-        )
+        out.write_text(json.dumps({"sources": got, "input": ctx.input_path.read_bytes().decode()}))
         return HandlerResult(outputs=[OutputFile("sources.json", out, "data", "application/json")])
 
 
