@@ -22,6 +22,7 @@ from tests.pipeline_helpers import (
     tick_and_run,
 )
 from watcher.config import Config
+from watcher.exceptions import ConfigError
 from watcher.state import DecisionState, classify, take_snapshot
 
 SOURCES = "tests.handlers_for_tests:SourcesHandler"
@@ -293,5 +294,27 @@ def test_oversized_job_file_is_refused(bucket: Bucket, tmp_path: Path, size: int
         await put_bytes(bucket, "inputs/multi/big.json", b" " * size)
         await tick_and_run(bucket, config, tmp_path)
         assert (await error_of(bucket, "multi", "big.json")).startswith("job file too large")
+
+    run(go())
+
+
+@pytest.mark.parametrize("prefixes", [["_dropgpu/"], ["sources"], ["../x/"], ["/abs/"]])
+def test_source_prefixes_are_checked_at_load(prefixes: list[str]) -> None:
+    with pytest.raises(ConfigError, match="source_prefixes"):
+        make_config({"multi": sources_route(source_prefixes=prefixes)})
+
+
+def test_route_source_prefixes_apply(bucket: Bucket, tmp_path: Path) -> None:
+    async def go() -> None:
+        config = make_config({"multi": sources_route(source_prefixes=["media/"])})
+        await put_bytes(bucket, "media/a.bin", b"M")
+        await put_bytes(bucket, "sources/a.bin", b"S")
+        await put_bytes(bucket, "inputs/multi/ok.json", job(source="media/a.bin"))
+        await put_bytes(bucket, "inputs/multi/no.json", job(source="sources/a.bin"))
+        await tick_and_run(bucket, config, tmp_path)
+        ok = await read_manifest(bucket, manifest_key("multi", "ok.json"))
+        assert ok["status"] == "succeeded"
+        message = await error_of(bucket, "multi", "no.json")
+        assert message == "source: 'sources/a.bin': not under an allowed prefix (media/)"
 
     run(go())
