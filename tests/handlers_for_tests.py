@@ -81,6 +81,7 @@ class SourcesParams(HandlerParams):
     segments: list[Segment] = Field(default_factory=list)
     # A bucket key the params name (like render's overlay image): downloaded too.
     extra_key: str | None = None
+    fail: bool = False
 
 
 class SourcesHandler:
@@ -98,6 +99,8 @@ class SourcesHandler:
         return [extra] if extra else []
 
     def run(self, ctx: HandlerContext) -> HandlerResult:
+        if ctx.params.fail:  # type: ignore[attr-defined]
+            raise InputError("asked to fail")
         got = {name: path.read_bytes().decode() for name, path in ctx.sources.items()}
         out = ctx.output_dir / "sources.json"
         out.write_text(json.dumps({"sources": got, "input": ctx.input_path.read_bytes().decode()}))

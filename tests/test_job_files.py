@@ -107,6 +107,24 @@ def test_overrides_and_sources_recorded(bucket: Bucket, tmp_path: Path) -> None:
     run(go())
 
 
+def test_handler_failure_records_sources_and_params(bucket: Bucket, tmp_path: Path) -> None:
+    async def go() -> None:
+        config = make_config({"multi": sources_route()})
+        etag = await put_bytes(bucket, "sources/a.bin", b"A")
+        await put_bytes(
+            bucket, "inputs/multi/f.json", job(source="sources/a.bin", fail=True, label="j")
+        )
+        await tick_and_run(bucket, config, tmp_path)
+        assert await error_of(bucket, "multi", "f.json") == "asked to fail"
+        manifest = await read_manifest(bucket, manifest_key("multi", "f.json"))
+        assert manifest["params"]["label"] == "j" and manifest["params"]["fail"] is True
+        assert manifest["input"]["sources"] == [
+            {"name": "main", "key": "sources/a.bin", "etag": etag, "size": 1}
+        ]
+
+    run(go())
+
+
 def test_one_source_route_refuses_several(bucket: Bucket, tmp_path: Path) -> None:
     async def go() -> None:
         config = make_config({"count": counting_route(tmp_path / "n")})

@@ -101,8 +101,13 @@ def failed_manifest(
     worker: str,
     started_at: datetime | None = None,
     timings: dict[str, float | None] | None = None,
+    sources: list[dict[str, Any]] | None = None,
+    params: dict[str, Any] | None = None,
 ) -> Manifest:
-    """A failed manifest; names the handler even when it cannot be loaded."""
+    """A failed manifest; names the handler even when it cannot be loaded.
+
+    ``params``: the effective params once known (a job file's, merged); else the route's.
+    """
     try:
         handler = get_handler(job.handler)
         ident = (handler.name, handler.version)
@@ -115,9 +120,10 @@ def failed_manifest(
         worker=worker,
         started_at=started_at,
         timings=timings or {},
-        params=job.params,
+        params=job.params if params is None else params,
         handler=ident,
         error=ErrorInfo(kind=kind, message=one_line(message, 1000)),
+        sources=sources,
     )
 
 

@@ -147,6 +147,7 @@ class JobRunner:
         # Output keys this attempt wrote (or may have): deleted unless it wins the fence.
         uploaded: list[str] = []
         committing = False
+        inputs: _Inputs | None = None
         try:
             async with lease:
                 scratch.mkdir(parents=True, exist_ok=True)
@@ -186,6 +187,8 @@ class JobRunner:
                         worker=self.worker_name,
                         started_at=started_at,
                         timings=timings,
+                        sources=inputs.records if inputs else None,
+                        params=inputs.params.model_dump(mode="json") if inputs else None,
                     )
                 await self._check_still_current(job)
                 lease.check()
