@@ -55,7 +55,7 @@ from handlers.media.ffmpeg_run import ffmpeg_number, file_url, media_input
 from handlers.protocol import HandlerContext, HandlerParams, HandlerResult, OutputFile
 
 STILL_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
-_STILL_DEMUXERS = ("jpeg_pipe", "png_pipe")
+_STILL_DEMUXERS = {b"\xff\xd8\xff": "jpeg_pipe", b"\x89PNG\r\n\x1a\n": "png_pipe"}
 _BATCH = 8  # frames per progress heartbeat
 
 
@@ -95,10 +95,7 @@ class FacesHandler:
         log = ctx.log.bind(handler=self.name)
         models = load_models(ctx.cache)
         still = ctx.input_path.suffix.lower() in STILL_EXTENSIONS
-        if still:
-            source = _still_source(ctx, params)
-        else:
-            source = _video_source(ctx, params)
+        source = _still_source(ctx, params) if still else _video_source(ctx, params)
 
         ctx.progress(0.02, "analyse")
         frames: list[FrameFacts] = []
@@ -247,7 +244,14 @@ def _still_source(ctx: HandlerContext, params: FacesParams) -> _Source:
     # A still is no container the probe reads: ffmpeg's image demuxers decode it,
     # with the pixel cap on the decoder as for video.
     caps = DecodeCaps(max_pixels=params.max_input_pixels)
-    src = media_input(ctx.input_path, format_whitelist=_STILL_DEMUXERS, caps=caps)
+    # The demuxer is forced from the file's magic bytes: by its name alone ffmpeg picks
+    # image2, which reads numbered sequences of other files.
+    with ctx.input_path.open("rb") as f:
+        head = f.read(8)
+    demuxer = next((d for magic, d in _STILL_DEMUXERS.items() if head.startswith(magic)), None)
+    if demuxer is None:
+        raise InputError("not a JPEG or PNG image (the faces route takes videos and stills)")
+    src = media_input(ctx.input_path, format_whitelist=(demuxer,), caps=caps, f=demuxer)
     return _Source(
         src.video, frames=1, caps=caps, media={"kind": "image"}, expected_s=None, duration_s=0.0
     )

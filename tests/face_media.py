@@ -80,7 +80,9 @@ def make_face_video(
             f"[bg{s}][{fg}]overlay=x='(W-w)/2+{shot.pan}*sin(t*2)':y='(H-h)/2':"
             f"shortest=1,format=yuv420p[v{s}]"
         )
-    chains.append(f"{''.join(f'[v{s}]' for s in range(len(shots)))}concat=n={len(shots)}:v=1:a=0[out]")
+    chains.append(
+        f"{''.join(f'[v{s}]' for s in range(len(shots)))}concat=n={len(shots)}:v=1:a=0[out]"
+    )
     _ffmpeg(
         [
             *args,
