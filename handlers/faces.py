@@ -18,7 +18,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import ffmpeg
 from pydantic import Field
@@ -26,7 +26,7 @@ from pydantic import Field
 from handlers.exceptions import InputError
 from handlers.faces_pipeline.analyse import FrameFacts, analyse_frame
 from handlers.faces_pipeline.cluster import cluster_faces, make_persons
-from handlers.faces_pipeline.models import MODEL_NAME, load_models
+from handlers.faces_pipeline.models import load_models, model_name
 from handlers.faces_pipeline.outputs import (
     FACES_JSON,
     MAX_REPRESENTATIVE,
@@ -75,6 +75,11 @@ class FacesParams(MediaLimits):
     )
     max_persons: int = Field(20, ge=1, le=200, description="keep the persons most on screen")
     jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of the images")
+    landmarks: Literal[5, 68] = Field(
+        5,
+        description="landmark model: 5 (CC0) or 68 (adds the eyes-open term; its training "
+        "data's licence excludes commercial use)",
+    )
 
 
 class FacesHandler:
@@ -88,12 +93,12 @@ class FacesHandler:
     extensions: ClassVar[frozenset[str]] = VIDEO_EXTENSIONS | STILL_EXTENSIONS
 
     def warm_up(self, cache: dict[str, Any], device: str, params: HandlerParams) -> None:
-        load_models(cache)
+        load_models(cache, coerce_params(params, FacesParams).landmarks)
 
     def run(self, ctx: HandlerContext) -> HandlerResult:
         params = coerce_params(ctx.params, FacesParams)
         log = ctx.log.bind(handler=self.name)
-        models = load_models(ctx.cache)
+        models = load_models(ctx.cache, params.landmarks)
         still = ctx.input_path.suffix.lower() in STILL_EXTENSIONS
         source = _still_source(ctx, params) if still else _video_source(ctx, params)
 
@@ -192,7 +197,7 @@ class FacesHandler:
         doc = faces_document(
             duration_s=duration,
             frames=frames,
-            model=MODEL_NAME,
+            model=model_name(params.landmarks),
             persons=persons,
             representative=reps,
             params={"fps": params.fps, "min_face_px": params.min_face_px,
@@ -211,7 +216,7 @@ class FacesHandler:
             "persons": len(persons),
             "frames_analysed": len(frames),
             "faces_detected": len(faces),
-            "model": MODEL_NAME,
+            "model": model_name(params.landmarks),
         }
         return HandlerResult(outputs=written, media=source.media, summary=summary)
 

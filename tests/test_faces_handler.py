@@ -91,7 +91,7 @@ def test_two_people_over_four_spans_are_two_persons(two_people: Path, tmp_path: 
     assert len(analyse) >= 2 and analyse == sorted(analyse)
 
 
-def test_the_same_person_twice_matches_across_runs_of_the_cluster_threshold(
+def test_a_tight_threshold_splits_every_face_and_max_persons_caps(
     two_people: Path, tmp_path: Path
 ) -> None:
     # A threshold so tight that no two faces link splits everyone; max_persons caps.
@@ -100,7 +100,8 @@ def test_the_same_person_twice_matches_across_runs_of_the_cluster_threshold(
     assert all(p["appearances"] == 1 for p in doc["persons"])
 
 
-def test_best_frame_is_the_sharp_large_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("landmarks", [5, 68])
+def test_best_frame_is_the_sharp_large_one(tmp_path: Path, landmarks: int) -> None:
     video = make_face_video(
         tmp_path / "collins.mp4",
         [
@@ -110,7 +111,8 @@ def test_best_frame_is_the_sharp_large_one(tmp_path: Path) -> None:
             Shot(("astronaut",), 1.0, height=300, blur=3),
         ],
     )
-    _, doc, _ = run_faces(tmp_path, video, min_face_px=60)
+    _, doc, _ = run_faces(tmp_path, video, min_face_px=60, landmarks=landmarks)
+    assert f"shape_predictor_{landmarks}" in doc["model"]
     assert len(doc["persons"]) == 1
     person = doc["persons"][0]
     assert person["appearances"] == 8  # blurred and small faces are found, and are her

@@ -47,6 +47,11 @@ def test_frontal_and_eyes_terms_from_landmarks() -> None:
     assert frontalness(_landmarks(nose_dx=40)) == 0.0
     assert eyes_open(_landmarks(eye_open=6)) == 1.0
     assert eyes_open(_landmarks(eye_open=0.5)) == 0.0
+    # dlib's 5 points: two corners of each eye, then under the nose.
+    five = np.array([(50, 50), (30, 50), (70, 50), (90, 50), (60, 70)], dtype=float)
+    assert frontalness(five) == pytest.approx(1.0)
+    five[4, 0] = 80
+    assert frontalness(five) == pytest.approx(0.0)
 
 
 def test_a_face_cut_off_by_the_edge_scores_lower() -> None:
@@ -57,6 +62,10 @@ def test_a_face_cut_off_by_the_edge_scores_lower() -> None:
     cut = score_face(box=(0, 100, 100, 100), **common)
     assert 0 < cut.score < inside.score <= 1
     assert set(inside.terms) == {"size", "sharpness", "frontal", "eyes", "confidence"}
+    five = score_face(
+        box=(100, 100, 100, 100), **{**common, "points": _landmarks()[[36, 39, 42, 45, 30]]}
+    )
+    assert "eyes" not in five.terms and 0 < five.score <= 1
 
 
 def _face(frame: int, descriptor: np.ndarray, score: float = 0.5) -> Face:

@@ -1,8 +1,9 @@
 """dlib's face models, from the ``face-recognition-models`` wheel (no network, no store).
 
 - detector: dlib's HOG + linear SVM frontal face detector (built into dlib);
-- landmarks: the 68-point shape predictor (iBUG 300-W), for alignment, frontalness
-  and eye openness;
+- landmarks: the 5-point shape predictor (default; trained on dlib's own CC0 data set)
+  or the 68-point one (iBUG 300-W, whose licence excludes commercial use; adds the
+  eyes-open term), for alignment and frontalness;
 - descriptor: dlib's ResNet face descriptor (128-d, 99.38% on LFW), whose euclidean
   distance is below ~0.6 for two photos of the same person.
 
@@ -20,11 +21,18 @@ from typing import Any
 
 from handlers.exceptions import HandlerConfigError
 
-MODEL_NAME = "dlib-20 hog + shape_predictor_68 + dlib_face_recognition_resnet_model_v1"
 _PACKAGE = "face_recognition_models"
-_LANDMARKS = "shape_predictor_68_face_landmarks.dat"
+_LANDMARKS = {
+    5: "shape_predictor_5_face_landmarks.dat",
+    68: "shape_predictor_68_face_landmarks.dat",
+}
 _DESCRIPTOR = "dlib_face_recognition_resnet_model_v1.dat"
 _CACHE_KEY = "faces.dlib_models"
+
+
+def model_name(points: int) -> str:
+    """What faces.json names as its model."""
+    return f"dlib hog + shape_predictor_{points} + dlib_face_recognition_resnet_model_v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,9 +40,10 @@ class FaceModels:
     detector: Any  # dlib.fhog_object_detector
     landmarks: Any  # dlib.shape_predictor
     descriptor: Any  # dlib.face_recognition_model_v1
+    points: int  # 5 or 68 landmarks
 
 
-def weights_dir() -> Path:
+def weights_dir(points: int = 5) -> Path:
     """The ``models/`` folder of the installed ``face-recognition-models`` package."""
     spec = importlib.util.find_spec(_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
@@ -43,28 +52,30 @@ def weights_dir() -> Path:
             "pip install face-recognition-models==0.3.0"
         )
     folder = Path(next(iter(spec.submodule_search_locations))) / "models"
-    for name in (_LANDMARKS, _DESCRIPTOR):
+    for name in (_LANDMARKS[points], _DESCRIPTOR):
         if not (folder / name).is_file():
             raise HandlerConfigError(f"face-recognition-models is missing {name}: reinstall it")
     return folder
 
 
-def load_models(cache: dict[str, Any] | None = None) -> FaceModels:
+def load_models(cache: dict[str, Any] | None = None, points: int = 5) -> FaceModels:
     """The three models, loaded once per worker process (kept in ``cache``)."""
-    if cache is not None and _CACHE_KEY in cache:
-        return cache[_CACHE_KEY]
+    key = f"{_CACHE_KEY}.{points}"
+    if cache is not None and key in cache:
+        return cache[key]
     try:
         import dlib
     except ImportError as exc:
         raise HandlerConfigError(
             "the faces route needs dlib: pip install dlib-bin==20.0.1.post1"
         ) from exc
-    folder = weights_dir()
+    folder = weights_dir(points)
     models = FaceModels(
         detector=dlib.get_frontal_face_detector(),
-        landmarks=dlib.shape_predictor(str(folder / _LANDMARKS)),
+        landmarks=dlib.shape_predictor(str(folder / _LANDMARKS[points])),
         descriptor=dlib.face_recognition_model_v1(str(folder / _DESCRIPTOR)),
+        points=points,
     )
     if cache is not None:
-        cache[_CACHE_KEY] = models
+        cache[key] = models
     return models

@@ -7,10 +7,11 @@ edge factor:
   fills a third of the frame height or more scores 1);
 - ``sharpness``: variance of the Laplacian of the face, resampled to 96x96 grey so
   faces of any size compare, mapped by v / (v + 150);
-- ``frontal``: how centred the nose tip is between the eyes (68-point landmarks):
+- ``frontal``: how centred the nose is between the eyes (from the landmarks):
   1 looking at the camera, 0 in profile;
-- ``eyes``: eye aspect ratio (Soukupová & Čech 2016), 1 when both eyes are open
-  (EAR >= 0.25), 0 when closed (EAR <= 0.12);
+- ``eyes`` (68-point landmarks only; with 5 points its weight is left out and the
+  others are rescaled to sum to 1): eye aspect ratio (Soukupová & Čech 2016), 1 when
+  both eyes are open (EAR >= 0.25), 0 when closed (EAR <= 0.12);
 - ``confidence``: the HOG detector's SVM score, clipped into [0, 1] over [0, 2];
 - edge factor: 0.6 when the face box touches the frame edge (cut off), else 1.
 """
@@ -49,14 +50,20 @@ def sharpness(face_gray: np.ndarray) -> float:
     return float(lap.var())
 
 
+def _eyes_and_nose(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if len(points) == 5:  # dlib's 5 points: two corners of each eye, then under the nose
+        return points[0:2].mean(axis=0), points[2:4].mean(axis=0), points[4]
+    return points[36:42].mean(axis=0), points[42:48].mean(axis=0), points[30]
+
+
 def frontalness(points: np.ndarray) -> float:
-    """1 - |nose offset from the eyes' midpoint| / half the eye distance (68 landmarks)."""
-    left, right = points[36:42].mean(axis=0), points[42:48].mean(axis=0)
+    """1 - |nose offset from the eyes' midpoint| / half the eye distance (5 or 68 points)."""
+    left, right, nose = _eyes_and_nose(points)
     half = np.linalg.norm(right - left) / 2
     if half < 1e-6:
         return 0.0
     axis = (right - left) / (2 * half)
-    offset = float(np.dot(points[30] - (left + right) / 2, axis))
+    offset = float(np.dot(nose - (left + right) / 2, axis))
     return float(np.clip(1 - abs(offset) / half, 0, 1))
 
 
@@ -86,10 +93,11 @@ def score_face(
         "size": float(min(1.0, max(w, h) / (min(width, height) / 3))),
         "sharpness": (v := sharpness(face_gray)) / (v + _SHARP_HALF),
         "frontal": frontalness(points),
-        "eyes": eyes_open(points),
         "confidence": float(np.clip(detection_score / 2, 0, 1)),
     }
-    total = sum(WEIGHTS[k] * terms[k] for k in WEIGHTS)
+    if len(points) == 68:
+        terms["eyes"] = eyes_open(points)
+    total = sum(WEIGHTS[k] * terms[k] for k in terms) / sum(WEIGHTS[k] for k in terms)
     cut_off = x <= 0 or y <= 0 or x + w >= width or y + h >= height
     if cut_off:
         total *= EDGE_FACTOR
