@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import ffmpeg
+import numpy as np
 from pydantic import Field
 
 from handlers.exceptions import InputError
 from handlers.faces_pipeline.analyse import FrameFacts, analyse_frame
 from handlers.faces_pipeline.cluster import cluster_faces, make_persons
-from handlers.faces_pipeline.models import load_models, model_name
+from handlers.faces_pipeline.models import FaceModels, load_models, model_name
 from handlers.faces_pipeline.outputs import (
     FACES_JSON,
     MAX_REPRESENTATIVE,
@@ -38,6 +39,7 @@ from handlers.faces_pipeline.outputs import (
     representative_image,
     save_jpeg,
 )
+from handlers.faces_pipeline.pool import analyse_all, worker_count
 from handlers.faces_pipeline.stream import FrameStream
 from handlers.media.checks import (
     MediaLimits,
@@ -93,14 +95,35 @@ class FacesHandler:
     extensions: ClassVar[frozenset[str]] = VIDEO_EXTENSIONS | STILL_EXTENSIONS
 
     def warm_up(self, cache: dict[str, Any], device: str, params: HandlerParams) -> None:
-        load_models(cache, coerce_params(params, FacesParams).landmarks)
+        points = coerce_params(params, FacesParams).landmarks
+        for slot in range(worker_count()):
+            load_models(cache, points, slot)
 
     def run(self, ctx: HandlerContext) -> HandlerResult:
         params = coerce_params(ctx.params, FacesParams)
         log = ctx.log.bind(handler=self.name)
-        models = load_models(ctx.cache, params.landmarks)
+        model_sets = [
+            load_models(ctx.cache, params.landmarks, slot) for slot in range(worker_count())
+        ]
         still = ctx.input_path.suffix.lower() in STILL_EXTENSIONS
         source = _still_source(ctx, params) if still else _video_source(ctx, params)
+
+        def analyse(rgb: np.ndarray, i: int, models: FaceModels) -> FrameFacts:
+            _check_deadline(ctx)
+            if still and rgb.shape[0] * rgb.shape[1] > params.max_input_pixels:
+                raise InputError(
+                    f"the image is {rgb.shape[1]}x{rgb.shape[0]}, over the limit of "
+                    f"{params.max_input_pixels:,} pixels (max_input_pixels)"
+                )
+            timestamp = 0.0 if still else round(i / params.fps, 3)
+            return analyse_frame(
+                rgb,
+                i,
+                timestamp,
+                models,
+                min_face_px=params.min_face_px,
+                min_confidence=params.min_confidence,
+            )
 
         ctx.progress(0.02, "analyse")
         frames: list[FrameFacts] = []
@@ -109,27 +132,12 @@ class FacesHandler:
         with FrameStream(
             source.args(fifo), fifo, deadline=ctx.deadline, caps=source.caps
         ) as stream:
-            for i, rgb in enumerate(stream):
-                _check_deadline(ctx)
-                if still and rgb.shape[0] * rgb.shape[1] > params.max_input_pixels:
-                    raise InputError(
-                        f"the image is {rgb.shape[1]}x{rgb.shape[0]}, over the limit of "
-                        f"{params.max_input_pixels:,} pixels (max_input_pixels)"
-                    )
-                frames.append(
-                    analyse_frame(
-                        rgb,
-                        i,
-                        round(i / params.fps, 3) if not still else 0.0,
-                        models,
-                        min_face_px=params.min_face_px,
-                        min_confidence=params.min_confidence,
-                    )
-                )
+            for rgb, facts in analyse_all(stream, model_sets, analyse):
+                frames.append(facts)
                 if still:
                     kept_still = rgb
-                if (i + 1) % _BATCH == 0:
-                    ctx.progress(0.02 + 0.78 * min(1.0, (i + 1) / source.frames), "analyse")
+                if len(frames) % _BATCH == 0:
+                    ctx.progress(0.02 + 0.78 * min(1.0, len(frames) / source.frames), "analyse")
         if not frames:
             raise InputError("no frames could be decoded from the input")
         if not still:

@@ -58,9 +58,10 @@ def weights_dir(points: int = 5) -> Path:
     return folder
 
 
-def load_models(cache: dict[str, Any] | None = None, points: int = 5) -> FaceModels:
-    """The three models, loaded once per worker process (kept in ``cache``)."""
-    key = f"{_CACHE_KEY}.{points}"
+def load_models(cache: dict[str, Any] | None = None, points: int = 5, slot: int = 0) -> FaceModels:
+    """The three models, loaded once per worker process (kept in ``cache``); ``slot``
+    numbers the copies that analysis threads use side by side."""
+    key = f"{_CACHE_KEY}.{points}.{slot}"
     if cache is not None and key in cache:
         return cache[key]
     try:
