@@ -161,3 +161,26 @@ def test_a_still_over_the_pixel_cap_is_refused(tmp_path: Path) -> None:
     still = make_face_still(tmp_path / "hopper.png")
     with pytest.raises(InputError, match="max_input_pixels"):
         run_faces(tmp_path, still, max_input_pixels=100_000)
+
+
+def test_frame_stream_reads_lazily_and_stops_ffmpeg_when_closed(
+    two_people: Path, tmp_path: Path
+) -> None:
+    import time
+
+    import ffmpeg
+
+    from handlers.faces_pipeline.stream import FrameStream
+    from handlers.media.ffmpeg_run import file_url, media_input
+
+    fifo = tmp_path / "frames.ppm"
+    args = ffmpeg.output(
+        media_input(two_people).video, file_url(fifo), f="image2pipe", vcodec="ppm",
+        pix_fmt="rgb24",
+    ).get_args()  # fmt: skip
+    started = time.monotonic()
+    with FrameStream(args, fifo, deadline=started + 60, caps=None) as stream:
+        first = next(iter(stream))  # 60 frames at 10 fps: only the first is read
+        assert first.shape == (360, 640, 3)
+    assert not fifo.exists()
+    assert not stream._thread.is_alive()  # ffmpeg was stopped, not waited out to its end
