@@ -129,15 +129,25 @@ class FacesHandler:
         frames: list[FrameFacts] = []
         kept_still = None
         fifo = ctx.work_dir / "pass1.ppm"
-        with FrameStream(
-            source.args(fifo), fifo, deadline=ctx.deadline, caps=source.caps
-        ) as stream:
-            for rgb, facts in analyse_all(stream, model_sets, analyse):
-                frames.append(facts)
-                if still:
-                    kept_still = rgb
-                if len(frames) % _BATCH == 0:
-                    ctx.progress(0.02 + 0.78 * min(1.0, len(frames) / source.frames), "analyse")
+        try:
+            with FrameStream(
+                source.args(fifo), fifo, deadline=ctx.deadline, caps=source.caps
+            ) as stream:
+                for rgb, facts in analyse_all(stream, model_sets, analyse):
+                    frames.append(facts)
+                    if still:
+                        kept_still = rgb
+                    if len(frames) % _BATCH == 0:
+                        done = min(1.0, len(frames) / source.frames)
+                        ctx.progress(0.02 + 0.78 * done, "analyse")
+        except InputError as exc:
+            # The decoder refused the still for its size: it has no "mid-stream".
+            if still and "max_input_pixels" in str(exc):
+                raise InputError(
+                    f"the image is over the limit of {params.max_input_pixels:,} pixels "
+                    "(max_input_pixels)"
+                ) from exc
+            raise
         if not frames:
             raise InputError("no frames could be decoded from the input")
         if not still:
