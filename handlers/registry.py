@@ -26,6 +26,7 @@ BUILTIN_HANDLERS: dict[str, str] = {
     "proxy": "handlers.proxy:ProxyHandler",
     "frames": "handlers.frames:FramesHandler",
     "highlights": "handlers.highlights:HighlightsHandler",
+    "render": "handlers.render:RenderHandler",
 }
 
 
