@@ -27,7 +27,8 @@ from handlers.exceptions import InputError
 BEATS_NAME = "beats.json"
 BEAT_RATE = 16_000  # PCM rate the tracker reads: plenty for onsets, cheap to decode
 _HOP = 256  # onset frames of 16 ms at 16 kHz
-_MAX_BEATS = 100_000
+_MAX_BEATS = 1_000_000
+_CHUNK_S = 120
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,18 @@ def track_beats(samples: np.ndarray, sample_rate: int = BEAT_RATE) -> Beats:
         return Beats(None, ())
     import librosa  # heavy (numba): loaded only by a job that tracks beats
 
-    _, frames = librosa.beat.beat_track(y=y, sr=sample_rate, hop_length=_HOP)
+    # The onset envelope chunk by chunk: a whole match's spectrogram would not fit in
+    # memory, while the envelope is one number per 16 ms.
+    step = _CHUNK_S * sample_rate // _HOP * _HOP
+    envelope = np.concatenate(
+        [
+            librosa.onset.onset_strength(y=y[i : i + step], sr=sample_rate, hop_length=_HOP)[
+                : step // _HOP
+            ]
+            for i in range(0, len(y), step)
+        ]
+    )
+    _, frames = librosa.beat.beat_track(onset_envelope=envelope, sr=sample_rate, hop_length=_HOP)
     times = librosa.frames_to_time(np.asarray(frames), sr=sample_rate, hop_length=_HOP)
     return Beats(tempo_from_times(times), tuple(round(float(t), 3) for t in times))
 

@@ -60,9 +60,9 @@ class Keyframe(HandlerParams):
 class Crop(HandlerParams):
     """A static centre (``x``, ``y``, ``zoom``) or ``keyframes`` interpolated in time."""
 
-    x: Fraction = 0.5
-    y: Fraction = 0.5
-    zoom: Zoom = 1.0
+    x: Fraction | None = Field(None, description="static centre; None: 0.5")
+    y: Fraction | None = Field(None, description="static centre; None: 0.5")
+    zoom: Zoom | None = Field(None, description="static zoom; None: 1")
     keyframes: list[Keyframe] | None = Field(None, min_length=1, max_length=MAX_KEYFRAMES)
     ease: Literal["linear", "smooth"] = Field("linear", description="smooth: ease in and out")
 
@@ -70,7 +70,7 @@ class Crop(HandlerParams):
     def _one_kind(self) -> Crop:
         if self.keyframes is None:
             return self
-        if self.model_fields_set & {"x", "y", "zoom"}:
+        if (self.x, self.y, self.zoom) != (None, None, None):
             raise ValueError("give x/y/zoom or keyframes, not both")
         times = [k.t for k in self.keyframes]
         if any(b <= a for a, b in itertools.pairwise(times)):
@@ -79,7 +79,10 @@ class Crop(HandlerParams):
 
     def points(self) -> list[Keyframe]:
         """The keyframes; a static crop is one keyframe."""
-        return self.keyframes or [Keyframe(t=0, x=self.x, y=self.y, zoom=self.zoom)]
+        if self.keyframes:
+            return self.keyframes
+        x, y, zoom = self.x, self.y, self.zoom
+        return [Keyframe(t=0, x=0.5 if x is None else x, y=0.5 if y is None else y, zoom=zoom or 1)]
 
 
 class Segment(HandlerParams):
