@@ -13,6 +13,7 @@ from handlers.media.probe import probe
 from handlers.protocol import HandlerResult
 from handlers.render import RenderHandler
 from handlers.render_edl.models import RenderParams
+from tests.corpus import make_growing_mjpeg_mkv
 from tests.media import make_video
 from tests.render_media import (
     audio_pcm,
@@ -253,3 +254,15 @@ def test_an_overlay_image_that_is_not_an_image_is_an_input_error(
     edl = {"segments": [{"start": 0, "end": 1}], "overlays": [{"type": "image", "source": "l"}]}
     with pytest.raises(InputError, match=r"overlays\[0\].source: not a PNG"):
         render(tmp_path, {"a": marker, "l": fake}, edl)
+
+
+def test_frames_growing_past_the_cap_mid_segment_fail_the_render(tmp_path: Path) -> None:
+    src = make_growing_mjpeg_mkv(tmp_path / "growing.mkv", audio=True)
+    length = probe(src).duration_s
+    assert length is not None
+    params = RenderParams.model_validate(
+        {"segments": [{"start": 0, "end": length}], "output": SMALL, "max_input_pixels": 1_000_000}
+    )
+    with pytest.raises(InputError, match="frame size changed to 2000x2000 mid-stream"):
+        RenderHandler().run(render_context(tmp_path / "job", {"a": src}, params))
+    assert not list((tmp_path / "job" / "out").iterdir())
