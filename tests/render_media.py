@@ -33,9 +33,11 @@ def marker_video(
     x, y, bw, bh = box
     vf = f"drawbox=x={x}:y={y}:w={bw}:h={bh}:color=white:t=fill"
     if flash_at is not None:
-        vf += f",drawbox=x=0:y=0:w={w}:h={h}:color=white:t=fill:enable='between(t,{flash_at},{flash_at + 0.1})'"
+        window = f"between(t,{flash_at},{flash_at + 0.1})"
+        vf += f",drawbox=x=0:y=0:w={w}:h={h}:color=white:t=fill:enable='{window}'"
     if beep_at is not None:
-        audio = f"aevalsrc='if(between(t,{beep_at},{beep_at + 0.1}),0.8*sin(2*PI*1000*t),0)':s=48000:d={seconds}"
+        beep = f"if(between(t,{beep_at},{beep_at + 0.1}),0.8*sin(2*PI*1000*t),0)"
+        audio = f"aevalsrc='{beep}':s=48000:d={seconds}"
     else:
         audio = f"aevalsrc='0.1*sin(2*PI*440*t)':s=48000:d={seconds}"
     _ffmpeg(

@@ -69,7 +69,8 @@ def test_burst_becomes_the_highlight_and_is_deterministic(media: Path, tmp_path:
     docs = []
     for run in ("a", "b"):
         result = HighlightsHandler().run(ctx_for(tmp_path / run, media / "match.mp4", params))
-        assert [o.name for o in result.outputs] == ["highlights.json", "beats.json", "highlights.mp4"]
+        names = [o.name for o in result.outputs]
+        assert names == ["highlights.json", "beats.json", "highlights.mp4"]
         docs.append((tmp_path / run / "out" / "highlights.json").read_bytes())
     assert docs[0] == docs[1]  # same input, same analysis, byte for byte
 

@@ -170,7 +170,7 @@ def test_overlays_appear_only_in_their_time_window(tmp_path: Path, marker: Path)
                     "scale": 0.3,
                 },
             ],
-        },  # fmt: skip
+        },
     )
     path = result.outputs[0].path
 
