@@ -266,3 +266,22 @@ def test_frames_growing_past_the_cap_mid_segment_fail_the_render(tmp_path: Path)
     with pytest.raises(InputError, match="frame size changed to 2000x2000 mid-stream"):
         RenderHandler().run(render_context(tmp_path / "job", {"a": src}, params))
     assert not list((tmp_path / "job" / "out").iterdir())
+
+
+def test_a_rotated_phone_clip_is_cropped_as_displayed(tmp_path: Path, marker: Path) -> None:
+    # 320x180 coded, shown 180x320: the 9:16 window is the whole displayed frame at zoom 1.
+    phone = make_video(tmp_path / "phone.mp4", 1.5, (320, 180), rotation=90)
+    result = render(
+        tmp_path,
+        {"phone": phone, "a": marker},
+        {
+            "segments": [
+                {"source": "phone", "start": 0, "end": 1.0},
+                {"source": "a", "start": 0, "end": 0.5},
+            ],
+            "crop": {"keyframes": [{"t": 0, "zoom": 1}, {"t": 1, "zoom": 1.5}]},
+        },
+    )
+    out = probe(result.outputs[0].path)
+    assert out.video is not None and (out.video.width, out.video.height) == (180, 320)
+    assert out.duration_s == pytest.approx(1.5, abs=FRAME)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -132,3 +133,9 @@ def test_the_expression_is_the_curve_python_computes() -> None:
         assert value == pytest.approx(track.at(t))
     assert track.at(1) == pytest.approx(0.5)  # smoothstep is symmetric about the middle
     assert track.at(0.5) < 0.2 + 0.6 * 0.25  # and slow at the start
+
+
+def test_the_recorded_edl_is_json() -> None:
+    dumped = json.loads(json.dumps(RenderParams.model_validate(ISSUE_EXAMPLE).model_dump()))
+    assert dumped["overlays"][1]["source"] == "sources/logo.png"
+    assert RenderParams.model_validate(dumped).model_dump() == dumped
