@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from handlers.exceptions import InputError
-from handlers.highlights import HighlightsHandler, HighlightsParams
-from handlers.media.beats import read_beats, snap, tempo_from_times
+from handlers.highlights import HighlightsHandler, HighlightsParams, Segment, snap_reel
+from handlers.media.beats import Beats, read_beats, snap, tempo_from_times
 from handlers.render import RenderHandler
 from handlers.render_edl.models import RenderParams
 from tests.handler_context import handler_context
@@ -111,3 +111,14 @@ def test_read_beats_accepts_any_beats_list(tmp_path: Path) -> None:
     path.write_text(json.dumps({"beats": [1.0, 0.5, 1.5]}))
     beats = read_beats(path)
     assert beats.times == (0.5, 1.0, 1.5) and beats.tempo_bpm == 120
+
+
+def test_highlights_snaps_its_reel_to_beats_without_overlaps() -> None:
+    def seg(start: float, end: float) -> Segment:
+        return Segment(start, end, 0.9, 1.0, 0.5, start + 1, -10.0, 0)
+
+    beats = Beats(120.0, tuple(0.5 * k for k in range(40)))
+    reel = [seg(1.1, 5.2), seg(5.3, 9.9), seg(12.1, 12.2)]
+    snapped = snap_reel(reel, beats, length=20.0)
+    assert [(s.start, s.end) for s in snapped] == [(1.0, 5.0), (5.5, 10.0), (12.1, 12.2)]
+    assert snap_reel(reel, Beats(None, ()), 20.0) == reel

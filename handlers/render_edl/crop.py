@@ -15,7 +15,7 @@ cuts the zoomed window inside it and scales it to the output size.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ffmpeg.nodes import FilterableStream
@@ -106,9 +106,9 @@ def apply_crop(
     out: tuple[int, int],
     fps: int,
     speed: float,
-    retime: Callable[[FilterableStream], FilterableStream],
+    source_fps: float | None,
 ) -> FilterableStream:
-    """Crop, retime (``retime(stream)``: speed and frame rate) and scale to ``out``."""
+    """Crop, play at ``speed``, resample to ``fps`` and scale to ``out``."""
     # The widest window the segment needs; t is seconds since the segment's start.
     widest = min(v for _, v in sc.zoom.points)
     cw, ch = window_size(src, out, widest)
@@ -116,9 +116,14 @@ def apply_crop(
     stream = stream.filter(
         "crop", cw, ch, x=f"clip(iw*{cx}-ow/2,0,iw-ow)", y=f"clip(ih*{cy}-oh/2,0,ih-oh)"
     )
-    stream = retime(stream)
+    if speed != 1:
+        stream = stream.filter("setpts", f"PTS/{num(speed)}")
     if sc.zoom.constant:
-        return stream.filter("scale", out[0], out[1]).filter("setsar", 1)
+        # Frames dropped before scaling cost nothing; frames repeated after it neither.
+        if source_fps is None or source_fps * speed >= fps:
+            return stream.filter("fps", fps).filter("scale", out[0], out[1]).filter("setsar", 1)
+        return stream.filter("scale", out[0], out[1]).filter("setsar", 1).filter("fps", fps)
+    stream = stream.filter("fps", fps)
     # zoompan sees constant-rate frames numbered by ``on``: frame n shows the source
     # n * speed / fps seconds after the segment's start.
     tau = f"(on*{num(speed / fps, 9)})"

@@ -89,13 +89,10 @@ def segment_streams(
         v = tonemap_to_sdr(v, seg.video)
     v = v.filter("setpts", "PTS-STARTPTS")
 
-    def retime(s: FilterableStream) -> FilterableStream:
-        if seg.speed != 1:
-            s = s.filter("setpts", f"PTS/{num(seg.speed)}")
-        return s.filter("fps", fps)
-
     sc = segment_crop(seg.crop, seg.start, seg.end)
-    v = apply_crop(v, sc, src=seg.frame, out=out, fps=fps, speed=seg.speed, retime=retime)
+    v = apply_crop(
+        v, sc, src=seg.frame, out=out, fps=fps, speed=seg.speed, source_fps=seg.video.fps
+    )
     # Exactly the segment's output length, whatever the last source frame's duration.
     v = v.filter("trim", duration=dur).filter("setpts", "PTS-STARTPTS").filter("format", "yuv420p")
     if params.audio == "mute":
