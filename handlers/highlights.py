@@ -37,7 +37,14 @@ from ffmpeg.nodes import FilterableStream
 from pydantic import Field, model_validator
 
 from gpu.encoders import VideoEncoderChoice
-from handlers.media.beats import BEATS_NAME, Beats, snap, track_beats, write_beats
+from handlers.media.beats import (
+    BEATS_NAME,
+    Beats,
+    snap,
+    track_beats,
+    warm_up_beats,
+    write_beats,
+)
 from handlers.media.checks import (
     EvenPixels,
     MediaLimits,
@@ -128,6 +135,9 @@ class HighlightsHandler:
     default_routes: ClassVar[dict[str, dict[str, Any]]] = {"highlights": {}}
     Params: ClassVar[type[HandlerParams]] = HighlightsParams
     extensions: ClassVar[frozenset[str]] = VIDEO_EXTENSIONS
+
+    def warm_up(self, cache: dict[str, Any], device: str, params: HandlerParams) -> None:
+        warm_up_beats()  # the beat tracker's numba kernels compile once per process
 
     def run(self, ctx: HandlerContext) -> HandlerResult:
         params = coerce_params(ctx.params, HighlightsParams)

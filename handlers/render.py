@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from handlers.exceptions import InputError
-from handlers.media.beats import BEAT_RATE, Beats, read_beats, snap, track_beats
+from handlers.media.beats import (
+    BEAT_RATE,
+    Beats,
+    read_beats,
+    snap,
+    track_beats,
+    warm_up_beats,
+)
 from handlers.media.checks import (
     check_complete,
     coerce_params,
@@ -57,6 +64,9 @@ class RenderHandler:
 
     def referenced_keys(self, params: HandlerParams) -> list[str]:
         return coerce_params(params, RenderParams).referenced_keys()
+
+    def warm_up(self, cache: dict[str, Any], device: str, params: HandlerParams) -> None:
+        warm_up_beats()  # the beat tracker's numba kernels compile once per process
 
     def run(self, ctx: HandlerContext) -> HandlerResult:
         params = coerce_params(ctx.params, RenderParams)

@@ -122,3 +122,8 @@ def test_highlights_snaps_its_reel_to_beats_without_overlaps() -> None:
     snapped = snap_reel(reel, beats, length=20.0)
     assert [(s.start, s.end) for s in snapped] == [(1.0, 5.0), (5.5, 10.0), (12.1, 12.2)]
     assert snap_reel(reel, Beats(None, ()), 20.0) == reel
+
+
+def test_warm_up_runs_the_tracker() -> None:
+    HighlightsHandler().warm_up({}, "cpu", HighlightsParams())
+    RenderHandler().warm_up({}, "cpu", RenderParams())
