@@ -27,6 +27,7 @@ BUILTIN_HANDLERS: dict[str, str] = {
     "frames": "handlers.frames:FramesHandler",
     "highlights": "handlers.highlights:HighlightsHandler",
     "faces": "handlers.faces:FacesHandler",
+    "render": "handlers.render:RenderHandler",
 }
 
 
