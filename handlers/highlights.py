@@ -12,11 +12,14 @@
    while its neighbours stay above ``keep_ratio`` of the peak, gets ``lead_s``
    of run-up before it (the play comes before the cheer), and is clamped to
    ``[min_segment_s, max_segment_s]`` without overlapping a stronger segment.
-4. The reel: the best segments that fit ``target_length_s``, in time order, cut
+4. The reel: the best segments that fit ``target_length_s``, in time order (with
+   ``snap_to_beats``, their ends moved to the nearest beat), cut
    from the source (input seeking per segment, so a long match is not decoded
    twice) and joined into one H.264/AAC MP4.
 
-Everything is a pure function of the decoded samples: the same input gives
+``beats.json`` holds the tempo and beat times of the same decoded audio
+(handlers/media/beats.py, librosa's beat tracker). Everything is a pure function
+of the decoded samples: the same input gives
 the same ``highlights.json``.
 """
 
@@ -34,6 +37,14 @@ from ffmpeg.nodes import FilterableStream
 from pydantic import Field, model_validator
 
 from gpu.encoders import VideoEncoderChoice
+from handlers.media.beats import (
+    BEATS_NAME,
+    Beats,
+    snap,
+    track_beats,
+    warm_up_beats,
+    write_beats,
+)
 from handlers.media.checks import (
     EvenPixels,
     MediaLimits,
@@ -80,6 +91,7 @@ class HighlightsParams(MediaLimits):
     audio_weight: float = Field(0.6, ge=0, le=1, description="weight of loudness in the score")
     motion_weight: float = Field(0.4, ge=0, le=1, description="weight of motion in the score")
     max_segments: int = Field(50, ge=1, le=500, description="segments listed at most")
+    snap_to_beats: bool = Field(False, description="reel segment ends move to the nearest beat")
     short_side: EvenPixels = Field(1080, ge=144, le=4320, description="reel short side at most")
     quality: VideoQuality = None
     audio_bitrate: AacBitrate = "160k"
@@ -116,13 +128,16 @@ class Scores:
 
 class HighlightsHandler:
     name: ClassVar[str] = "highlights"
-    version: ClassVar[str] = "1.0.0"
+    version: ClassVar[str] = "1.1.0"
     # Self-description (handlers.protocol.HandlerInfo): Modal image, GPU, default routes.
     modal_image: ClassVar[str] = "ffmpeg"
     gpu_kind: ClassVar[str] = "video"
     default_routes: ClassVar[dict[str, dict[str, Any]]] = {"highlights": {}}
     Params: ClassVar[type[HandlerParams]] = HighlightsParams
     extensions: ClassVar[frozenset[str]] = VIDEO_EXTENSIONS
+
+    def warm_up(self, cache: dict[str, Any], device: str, params: HandlerParams) -> None:
+        warm_up_beats()  # the beat tracker's numba kernels compile once per process
 
     def run(self, ctx: HandlerContext) -> HandlerResult:
         params = coerce_params(ctx.params, HighlightsParams)
@@ -142,10 +157,17 @@ class HighlightsHandler:
         scores = score_seconds(samples, frames, params)
         segments = pick_segments(scores, length, params)
         reel = choose_reel(segments, params)
+        beats = track_beats(samples, PCM_RATE)
+        if params.snap_to_beats:
+            reel = snap_reel(reel, beats, length)
         pcm.unlink(missing_ok=True)
         gray.unlink(missing_ok=True)
         json_path = ctx.output_dir / HIGHLIGHTS_JSON
-        outputs = [OutputFile(HIGHLIGHTS_JSON, json_path, "highlights", "application/json")]
+        beats_path = write_beats(beats, ctx.output_dir / BEATS_NAME)
+        outputs = [
+            OutputFile(HIGHLIGHTS_JSON, json_path, "highlights", "application/json"),
+            OutputFile(BEATS_NAME, beats_path, "beats", "application/json"),
+        ]
         runtime: dict[str, Any] = {}
         out: MediaInfo | None = None
         if reel:
@@ -173,6 +195,7 @@ class HighlightsHandler:
         reel_s = out.duration_s if out else None
         log.info("highlights_done", segments=len(segments), reel=len(reel), reel_s=reel_s)
         summary = {k: v for k, v in doc.items() if k not in ("segments", "per_second")}
+        summary.update(tempo_bpm=beats.tempo_bpm, beat_count=len(beats.times))
         return HandlerResult(
             outputs=outputs, media=info.as_manifest_dict(), runtime=runtime, summary=summary
         )
@@ -321,6 +344,20 @@ def choose_reel(segments: list[Segment], params: HighlightsParams) -> list[Segme
         chosen = [Segment(**{**asdict(best), "start": start,
                              "end": round(start + params.target_length_s, 3)})]  # fmt: skip
     return sorted(chosen, key=lambda x: x.start)
+
+
+def snap_reel(reel: list[Segment], beats: Beats, length: float) -> list[Segment]:
+    """Reel segments whose ends moved to the nearest beat (kept as they were where both
+    ends would meet on one beat, or overlap the segment before)."""
+    snapped: list[Segment] = []
+    for seg in reel:
+        start = snap(seg.start, beats.times)
+        end = min(snap(seg.end, beats.times), length)
+        if end <= start or (snapped and start < snapped[-1].end):
+            snapped.append(seg)
+        else:
+            snapped.append(replace(seg, start=round(start, 3), end=round(end, 3)))
+    return snapped
 
 
 def reel_caps(params: HighlightsParams, info: MediaInfo) -> DecodeCaps:

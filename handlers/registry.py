@@ -26,6 +26,8 @@ BUILTIN_HANDLERS: dict[str, str] = {
     "proxy": "handlers.proxy:ProxyHandler",
     "frames": "handlers.frames:FramesHandler",
     "highlights": "handlers.highlights:HighlightsHandler",
+    "faces": "handlers.faces:FacesHandler",
+    "render": "handlers.render:RenderHandler",
 }
 
 

@@ -197,3 +197,16 @@ def test_trivial_jobs_are_claimed_ahead_within_the_bound_and_each_runs_once(
 def test_queued_is_a_claim_with_its_write_times() -> None:
     q = Queued(_spec(0, ttl=10), queued_at=100.0, written_at=100.0)
     assert not q.may_look_stale(107.9) and q.may_look_stale(108.1)
+
+
+def test_a_worker_whose_watcher_is_gone_stops_without_a_traceback() -> None:
+    """A killed watcher closes the pipe; the worker's next message must not crash it."""
+    import multiprocessing
+
+    from watcher.local.pool import _tell_watcher
+
+    parent_end, worker_end = multiprocessing.Pipe()
+    assert _tell_watcher(worker_end, ("ready", None, None))
+    assert parent_end.recv() == ("ready", None, None)
+    parent_end.close()
+    assert _tell_watcher(worker_end, ("done", "job", None)) is False

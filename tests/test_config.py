@@ -143,6 +143,8 @@ def test_builtin_routes_order_and_defaults() -> None:
         ("proxy", "proxy", {}),
         ("frames", "frames", {}),
         ("highlights", "highlights", {}),
+        ("faces", "faces", {}),
+        ("render", "render", {}),
     ]
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     table = [line.split("|")[1].strip(" `") for line in readme.splitlines() if line[:3] == "| `"]

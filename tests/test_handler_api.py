@@ -105,6 +105,8 @@ def test_built_in_handlers_declare_image_gpu_and_models() -> None:
         "proxy": ("ffmpeg", "video"),
         "frames": ("ffmpeg", "video"),
         "highlights": ("ffmpeg", "video"),
+        "faces": ("torch", "video"),
+        "render": ("ffmpeg", "video"),
     }
     stems = get_handler("stems")
     assert handler_info("stems").required_models(stems.Params(model="htdemucs_ft")) == [

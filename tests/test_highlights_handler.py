@@ -69,7 +69,8 @@ def test_burst_becomes_the_highlight_and_is_deterministic(media: Path, tmp_path:
     docs = []
     for run in ("a", "b"):
         result = HighlightsHandler().run(ctx_for(tmp_path / run, media / "match.mp4", params))
-        assert [o.name for o in result.outputs] == ["highlights.json", "highlights.mp4"]
+        names = [o.name for o in result.outputs]
+        assert names == ["highlights.json", "beats.json", "highlights.mp4"]
         docs.append((tmp_path / run / "out" / "highlights.json").read_bytes())
     assert docs[0] == docs[1]  # same input, same analysis, byte for byte
 
@@ -96,7 +97,7 @@ def test_burst_becomes_the_highlight_and_is_deterministic(media: Path, tmp_path:
 
 def test_nothing_stands_out_gives_an_index_without_reel(media: Path, tmp_path: Path) -> None:
     result = HighlightsHandler().run(ctx_for(tmp_path, media / "still.mp4"))
-    assert [o.name for o in result.outputs] == ["highlights.json"]
+    assert [o.name for o in result.outputs] == ["highlights.json", "beats.json"]
     doc = json.loads(result.outputs[0].path.read_text())
     assert doc["segments"] == [] and doc["reel"] is None
 

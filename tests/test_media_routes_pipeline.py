@@ -110,7 +110,7 @@ def test_media_routes_succeed_and_bad_inputs_fail_cleanly(
 
             hl = await read_manifest(bucket, manifest_key("inputs/highlights/match.mp4"))
             assert hl["status"] == "succeeded", hl["error"]
-            assert {o["role"] for o in hl["outputs"]} == {"highlights", "highlight-reel"}
+            assert {o["role"] for o in hl["outputs"]} == {"highlights", "beats", "highlight-reel"}
             assert hl["result"]["reel"]["length_s"] <= 6 and hl["params"]["target_length_s"] == 6
 
             for key, (source, words) in bad.items():

@@ -24,6 +24,7 @@ DISTRIBUTION_OF = {
     "yaml": "pyyaml",
     "imageio_ffmpeg": "imageio-ffmpeg",
     "ffmpeg": "ffmpeg-python",
+    "dlib": "dlib-bin",
 }
 
 

@@ -104,7 +104,8 @@ async def _worker_loop(index: int, options: WorkerOptions, conn: Connection) -> 
         runner = JobRunner(
             bucket, scratch_root=Path(options.scratch_root), device=device, worker_name=worker_name
         )
-        conn.send(("ready", None, None))
+        if not _tell_watcher(conn, ("ready", None, None)):
+            return
         while True:
             try:
                 item = await asyncio.to_thread(conn.recv)
@@ -120,7 +121,21 @@ async def _worker_loop(index: int, options: WorkerOptions, conn: Connection) -> 
             except BaseException as exc:  # the runner catches errors; this is a last resort
                 log.exception("runner_crashed", job_id=spec.ref.job_id)
                 outcome = JobOutcome(JobStatus.RETRY, f"runner crashed: {exc}")
-            conn.send(("done", spec.ref.job_id, outcome))
+            if not _tell_watcher(conn, ("done", spec.ref.job_id, outcome)):
+                # The job is committed (or recorded) in the bucket already; only the
+                # watcher that would hear of it is gone. Its death watch ends us too.
+                await drain_notifications(timeout=25)
+                break
+
+
+def _tell_watcher(conn: Connection, message: Message) -> bool:
+    """Send to the watcher; False when it is gone (killed: the pipe is closed)."""
+    try:
+        conn.send(message)
+    except (BrokenPipeError, EOFError, ConnectionResetError):
+        log.info("watcher_gone_worker_exits")
+        return False
+    return True
 
 
 @dataclass(slots=True)

@@ -1,0 +1,1 @@
+"""The ``render`` route's edit decision list: models, crop expressions, overlays, graph."""
