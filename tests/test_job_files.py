@@ -17,6 +17,7 @@ from tests.pipeline_helpers import (
     counting_route,
     make_config,
     put_bytes,
+    put_file,
     read_manifest,
     run,
     tick_and_run,
@@ -334,5 +335,40 @@ def test_route_source_prefixes_apply(bucket: Bucket, tmp_path: Path) -> None:
         assert ok["status"] == "succeeded"
         message = await error_of(bucket, "multi", "no.json")
         assert message == "source: 'sources/a.bin': not under an allowed prefix (media/)"
+
+    run(go())
+
+
+def test_render_job_file_end_to_end(bucket: Bucket, tmp_path: Path) -> None:
+    """The render route through the whole pipeline: an EDL job file beside its clip and logo."""
+    from tests.render_media import marker_video, png
+
+    async def go() -> None:
+        config = make_config({"render": {"handler": "render", "settle_seconds": 0}})
+        await put_file(bucket, "sources/clip.mp4", marker_video(tmp_path / "clip.mp4", 2))
+        await put_file(bucket, "sources/logo.png", png(tmp_path / "logo.png"))
+        edl = job(
+            sources={"a": "sources/clip.mp4"},
+            segments=[{"source": "a", "start": 0.0, "end": 1.0, "speed": 2.0}],
+            overlays=[{"type": "image", "source": "sources/logo.png", "start": 0, "end": 0.5}],
+            output={"preset": "square", "width": 160, "height": 160},
+        )
+        await put_bytes(bucket, "inputs/render/reel.json", edl)
+        await put_file(bucket, "inputs/render/clip.mp4", tmp_path / "clip.mp4")
+        bad = job(sources={"a": "sources/clip.mp4"}, segments=[{"start": 0, "end": 1, "speed": 0}])
+        await put_bytes(bucket, "inputs/render/bad.json", bad)
+        await tick_and_run(bucket, config, tmp_path)
+        manifest = await read_manifest(bucket, manifest_key("render", "reel.json"))
+        assert manifest["status"] == "succeeded", manifest["error"]
+        assert "render.mp4" in {o["key"].rsplit("/", 1)[1] for o in manifest["outputs"]}
+        assert {s["key"] for s in manifest["input"]["sources"]} == {
+            "sources/clip.mp4",
+            "sources/logo.png",
+        }
+        assert manifest["params"]["segments"][0]["speed"] == 2.0
+        assert (await error_of(bucket, "render", "clip.mp4")).startswith(
+            "route 'render' takes job files only"
+        )
+        assert (await error_of(bucket, "render", "bad.json")).startswith("segments[0].speed: ")
 
     run(go())

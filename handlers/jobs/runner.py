@@ -272,7 +272,9 @@ class JobRunner:
                 )
             if job.extensions and suffix not in job.extensions:
                 raise self._unsupported(job)
-        elif job.size > MAX_JOB_FILE_BYTES and JOB_FILE_SUFFIX not in job.extensions:
+        elif job.size > MAX_JOB_FILE_BYTES and (
+            JOB_FILE_SUFFIX not in job.extensions or describe(handler).job_files_only
+        ):
             # Not downloaded to find out: a job file is never that large.
             raise InputError(f"job file too large: {job.size} bytes (limit {MAX_JOB_FILE_BYTES})")
         return handler
@@ -299,12 +301,14 @@ class JobRunner:
                 f"invalid params for route '{job.route}': {field_name}: {err['msg']}"
             ) from exc
 
-    def _read_job_file(self, job: JobSpec, input_path: Path) -> JobFile | None:
+    def _read_job_file(
+        self, job: JobSpec, input_path: Path, *, job_files_only: bool
+    ) -> JobFile | None:
         """The downloaded input as a job file; None for anything else (media, plain JSON)."""
         if PurePosixPath(job.rel).suffix.lower() != JOB_FILE_SUFFIX:
             return None
         if input_path.stat().st_size > MAX_JOB_FILE_BYTES:
-            if JOB_FILE_SUFFIX in job.extensions:
+            if JOB_FILE_SUFFIX in job.extensions and not job_files_only:
                 return None  # the handler takes .json itself
             raise InputError(
                 f"job file too large: {input_path.stat().st_size} bytes "
@@ -321,8 +325,8 @@ class JobRunner:
         timings: dict[str, float | None],
     ) -> _Inputs:
         """Params and inputs for the handler: the route's for media, the job file's for one."""
-        job_file = self._read_job_file(job, input_path)
         info = describe(handler)
+        job_file = self._read_job_file(job, input_path, job_files_only=info.job_files_only)
         if job_file is None:
             if info.job_files_only:
                 raise InputError(
