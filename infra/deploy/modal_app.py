@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -48,6 +49,16 @@ from infra.deploy.settings import (
 from infra.deploy.settings import IMAGES as IMAGE_RECIPES
 from infra.pricing import gpu_runtime
 from watcher.config import Config, config_file, load_config
+
+# `modal deploy infra/deploy/modal_app.py` imports this file as `modal_app`; with
+# include_source=False no container could import that name, so every worker would die
+# after a "successful" deploy. Refuse at once instead (the -m form names the package).
+MODULE_NAME = "infra.deploy.modal_app"
+if __name__ != MODULE_NAME:
+    sys.exit(
+        f"dropgpu: deploy with `modal deploy -m {MODULE_NAME}` (or `dropgpu deploy`) "
+        f"from the repository root, not by file path (imported as {__name__!r})"
+    )
 
 if TYPE_CHECKING:  # imported lazily below: importing this module stays light
     from handlers.jobs.spec import JobSpec
