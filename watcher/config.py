@@ -183,6 +183,9 @@ class ModalSettings(BaseModel):
     # worker's first heartbeat, so the deployment uses a longer lease than the
     # local default. A local `dropgpu watch` on the same bucket should match it.
     lease_ttl_seconds: float = Field(default=600.0, ge=120, le=86_400)
+    # A claim the watcher wrote and spawned, but no worker heartbeated yet, is queued
+    # (a GPU limit, scarcity), not dead: it is retried only after this deadline.
+    start_deadline_seconds: float = Field(default=3_600.0, ge=120, le=86_400)
     # demucs models pull_models puts into the Volume.
     models: tuple[str, ...] = ("htdemucs",)
 

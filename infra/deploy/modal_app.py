@@ -26,6 +26,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -63,6 +64,7 @@ if __name__ != MODULE_NAME:
 if TYPE_CHECKING:  # imported lazily below: importing this module stays light
     from handlers.jobs.spec import JobSpec
     from infra.storage.bucket import Bucket
+    from watcher.state import Snapshot
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
 # spawn(class_name, job_spec_dict): start one job without waiting for it.
@@ -145,25 +147,45 @@ def open_bucket_from_env() -> Bucket:
 # -- the watcher ----------------------------------------------------------------------------
 
 
-async def route_capacity(
-    bucket: Bucket, config: Config, settings: DeploySettings
-) -> dict[str, int]:
-    """Free worker slots per route: max_containers minus jobs with a live claim.
+# cancel(call_id): cancel one queued or running call of this app.
+Cancel = Callable[[str], Any]
 
-    A claim starts its lease when the watcher writes it; a spawn that waited in
-    Modal's queue for a free container would let that lease run down and be
-    retried while still queued. So, as the local pool does, claim only what a
-    container can start now. Routes with nothing to claim, repair or give up get
-    -1 (skipped). One LIST snapshot for all routes, no GETs.
+
+@dataclass(slots=True)
+class TickPlan:
+    """What one tick decides from its one snapshot, for every route."""
+
+    snapshot: Snapshot
+    dispatched: frozenset[str]  # jobs spawned but not yet started (see watcher/state.py)
+    free: dict[str, int]  # route -> free worker slots; -1: nothing to do there
+
+
+async def plan_tick(bucket: Bucket, config: Config, settings: DeploySettings) -> TickPlan:
+    """One LIST snapshot for all routes, and each route's free slots from its live claims.
+
+    A claim is live while its worker heartbeats (the lease) or, spawned and never
+    heartbeaten, while it waits in Modal's queue (the start deadline). Claiming only
+    into free slots keeps a claim from waiting behind max_containers at all.
     """
-    from watcher.state import DecisionState, classify, take_snapshot
+    from watcher.state import DecisionState, classify, dispatched_jobs, take_snapshot
 
     snapshot = await take_snapshot(bucket, config)
     ttl = config.watch.lease_ttl_seconds
+    deadline = settings.start_deadline_seconds
+    dispatched = await dispatched_jobs(
+        bucket, snapshot, lease_ttl_seconds=ttl, start_deadline_seconds=deadline
+    )
     free: dict[str, int] = {}
     for route in config.enabled_routes():
         states = [
-            classify(snapshot, route, obj, lease_ttl_seconds=ttl).state
+            classify(
+                snapshot,
+                route,
+                obj,
+                lease_ttl_seconds=ttl,
+                dispatched=dispatched,
+                start_deadline_seconds=deadline,
+            ).state
             for obj in snapshot.inputs.get(route.name, [])
         ]
         actionable = (DecisionState.CLAIMABLE, DecisionState.GIVE_UP, DecisionState.REPAIR)
@@ -172,29 +194,69 @@ async def route_capacity(
             continue
         running = sum(1 for s in states if s == DecisionState.RUNNING)
         free[route.name] = max(0, settings.workers[route.name].max_containers - running)
-    return free
+    return TickPlan(snapshot, dispatched, free)
+
+
+async def route_capacity(
+    bucket: Bucket, config: Config, settings: DeploySettings
+) -> dict[str, int]:
+    """Free worker slots per route (see ``plan_tick``)."""
+    return (await plan_tick(bucket, config, settings)).free
+
+
+async def cancel_superseded(bucket: Bucket, spec: JobSpec, cancel: Cancel) -> bool:
+    """Cancel the queued call of the attempt ``spec`` supersedes; True when one was.
+
+    The previous attempt's claim expired (its call waited past the start deadline, or
+    its worker died); a call still in Modal's queue would otherwise start late and
+    refuse (handlers/jobs/claim_check.py) at the price of a container start.
+    """
+    from handlers.jobs.claims import read_spawned_call
+
+    if spec.attempt <= 1:
+        return False
+    call_id = await read_spawned_call(bucket, spec.ref, spec.attempt - 1)
+    if call_id is None:
+        return False
+    try:
+        await asyncio.to_thread(cancel, call_id)
+    except Exception as exc:  # a finished call cannot be cancelled; nothing is lost
+        log.warning("superseded_call_cancel_failed", call_id=call_id, error=str(exc))
+        return False
+    log.info("superseded_call_cancelled", call_id=call_id, attempt=spec.attempt - 1)
+    return True
 
 
 async def run_watcher_tick(
-    bucket: Bucket, config: Config, settings: DeploySettings, spawn: Spawn
+    bucket: Bucket,
+    config: Config,
+    settings: DeploySettings,
+    spawn: Spawn,
+    cancel: Cancel | None = None,
 ) -> dict[str, Any]:
     """Tick each route that has work, claiming at most its free capacity, and spawn."""
-    from handlers.jobs.claims import release_claim
+    from handlers.jobs.claims import record_spawned_call, release_claim
     from watcher.tick import run_tick
 
-    free = await route_capacity(bucket, config, settings)
-    summary: dict[str, Any] = {"spawned": 0, "spawn_failed": 0, "routes": {}}
+    plan = await plan_tick(bucket, config, settings)
+    summary: dict[str, Any] = {"spawned": 0, "spawn_failed": 0, "cancelled": 0, "routes": {}}
 
-    for route in config.enabled_routes():
-        capacity = free.get(route.name, -1)
-        if capacity < 0:
-            continue
+    # Routes with the fewest live claims first: when a tick is cut short (its timeout),
+    # the routes it did not reach are the busiest, not always the last in the file.
+    order = sorted(
+        (r for r in config.enabled_routes() if plan.free.get(r.name, -1) >= 0),
+        key=lambda r: -plan.free[r.name],
+    )
+    for route in order:
+        capacity = plan.free[route.name]
         class_name = settings.workers[route.name].class_name
 
         async def dispatch(spec: JobSpec, class_name: str = class_name) -> None:
+            if cancel is not None and await cancel_superseded(bucket, spec, cancel):
+                summary["cancelled"] += 1
             try:
                 # Modal's spawn blocks on an RPC: keep it off the event loop.
-                await asyncio.to_thread(spawn, class_name, spec.to_dict())
+                call_id = await asyncio.to_thread(spawn, class_name, spec.to_dict())
                 summary["spawned"] += 1
             except Exception as exc:
                 summary["spawn_failed"] += 1
@@ -202,17 +264,62 @@ async def run_watcher_tick(
                 # retries it at once, and it uses up no attempt.
                 log.error("spawn_failed_releasing_claim", error=str(exc))
                 await release_claim(bucket, spec.ref, spec.attempt)
+                return
+            if isinstance(call_id, str) and call_id:
+                try:
+                    await record_spawned_call(bucket, spec.ref, spec.attempt, call_id)
+                except Exception as exc:  # only the cancel of a superseded call needs it
+                    log.warning("spawned_call_not_recorded", call_id=call_id, error=str(exc))
 
         only_route = config.model_copy(update={"routes": {route.name: route}})
-        report = await run_tick(bucket, only_route, dispatch, capacity=capacity)
+        report = await run_tick(
+            bucket,
+            only_route,
+            dispatch,
+            capacity=capacity,
+            snapshot=plan.snapshot,
+            dispatched=plan.dispatched,
+            start_deadline_seconds=settings.start_deadline_seconds,
+        )
         summary["routes"][route.name] = {"capacity": capacity, **report.summary()}
-    log.info("modal_tick", spawned=summary["spawned"], spawn_failed=summary["spawn_failed"])
+    log.info(
+        "modal_tick",
+        spawned=summary["spawned"],
+        spawn_failed=summary["spawn_failed"],
+        cancelled=summary["cancelled"],
+    )
     return summary
 
 
-def spawn_on_modal(class_name: str, spec: dict[str, Any]) -> None:
-    """Fire-and-forget one job on a route's worker class (the claim is its receipt)."""
-    globals()[class_name]().run_job.spawn(spec)
+async def locked_watcher_tick(
+    bucket: Bucket,
+    config: Config,
+    settings: DeploySettings,
+    spawn: Spawn,
+    cancel: Cancel | None = None,
+) -> dict[str, Any]:
+    """``run_watcher_tick`` under the bucket's tick lock; skipped while another tick runs."""
+    from infra.deploy.tick_lock import acquire_tick_lock
+
+    lock = await acquire_tick_lock(bucket, hold_seconds=settings.watcher_timeout + 30)
+    if lock is None:
+        log.info("modal_tick_skipped_another_running")
+        return {"spawned": 0, "spawn_failed": 0, "cancelled": 0, "routes": {}, "skipped": True}
+    try:
+        return await run_watcher_tick(bucket, config, settings, spawn, cancel)
+    finally:
+        await lock.release()
+
+
+def spawn_on_modal(class_name: str, spec: dict[str, Any]) -> str:
+    """Start one job on a route's worker class without waiting; the call's id."""
+    call = globals()[class_name]().run_job.spawn(spec)
+    return str(call.object_id)
+
+
+def cancel_on_modal(call_id: str) -> None:
+    """Cancel a call of this app (a queued call whose claim was superseded)."""
+    modal.FunctionCall.from_id(call_id).cancel()
 
 
 @app.function(
@@ -221,9 +328,15 @@ def spawn_on_modal(class_name: str, spec: dict[str, Any]) -> None:
     secrets=[BUCKET_SECRET],
     timeout=SETTINGS.watcher_timeout,
     retries=SETTINGS.watcher_retries,
+    # One tick at a time: a tick that outlives the schedule's period is not joined by
+    # a second one counting the same free slots.
+    max_containers=1,
 )
-def watch_tick(spawn: Spawn | None = None) -> dict[str, Any]:
-    """One tick: claim what is new and spawn workers. ``spawn`` is injectable for tests."""
+def watch_tick() -> dict[str, Any]:
+    """One tick: claim what is new and spawn workers (spawn_on_modal / cancel_on_modal).
+
+    No parameters, so `modal run` and `Function.from_name(...).remote()` can call it.
+    """
     from infra.log import configure_logging
 
     configure_logging(json=True)
@@ -232,7 +345,10 @@ def watch_tick(spawn: Spawn | None = None) -> dict[str, Any]:
         from handlers.jobs.webhooks import drain_notifications
 
         async with open_bucket_from_env() as bucket:
-            result = await run_watcher_tick(bucket, RUN_CONFIG, SETTINGS, spawn or spawn_on_modal)
+            # Looked up at call time: tests swap them for in-process stand-ins.
+            result = await locked_watcher_tick(
+                bucket, RUN_CONFIG, SETTINGS, spawn_on_modal, cancel_on_modal
+            )
             await drain_notifications(timeout=30)  # webhooks of give-ups committed by the tick
             return result
 
@@ -291,11 +407,22 @@ class RouteWorker:
         return asyncio.run(self._run(job))
 
     async def _run(self, job: JobSpec) -> dict[str, Any]:
+        from handlers.jobs.claim_check import refusal_reason
         from handlers.jobs.runner import JobRunner
+        from handlers.jobs.spec import job_log_context
         from handlers.jobs.webhooks import drain_notifications
 
         scratch = Path(RUN_CONFIG.watch.scratch_dir or SCRATCH_DIR)
         async with open_bucket_from_env() as bucket:
+            why = await refusal_reason(
+                bucket, job, start_deadline_seconds=SETTINGS.start_deadline_seconds
+            )
+            if why:
+                # Started too late (queued past its lease) or superseded: the claim's
+                # newer owner, or the next tick, runs the job; running here would be twice.
+                with structlog.contextvars.bound_contextvars(**job_log_context(job.ref)):
+                    log.warning("job_refused_claim_not_ours", reason=why, attempt=job.attempt)
+                return {"status": "refused", "message": why, "manifest_key": None}
             runner = JobRunner(
                 bucket,
                 scratch_root=scratch,

@@ -124,6 +124,8 @@ class DeploySettings:
     lease_ttl_seconds: float
     heartbeat_seconds: float
     models: tuple[str, ...]
+    # A spawned claim no worker has heartbeaten yet is queued, not dead, until this.
+    start_deadline_seconds: float
     workers: dict[str, WorkerSettings]
 
 
@@ -194,6 +196,11 @@ def deploy_settings(config: Config) -> DeploySettings:
             f"{config.source}: modal: heartbeats every {effective.watch.heartbeat_seconds} s "
             "do not fit twice in the lease"
         )
+    if modal.start_deadline_seconds < modal.lease_ttl_seconds + 120:
+        raise ConfigError(
+            f"{config.source}: modal: start_deadline_seconds ({modal.start_deadline_seconds:g}) "
+            f"must be at least lease_ttl_seconds + 120 ({modal.lease_ttl_seconds + 120:g})"
+        )
     workers: dict[str, WorkerSettings] = {}
     names: dict[str, str] = {}
     for route in config.enabled_routes():
@@ -222,5 +229,6 @@ def deploy_settings(config: Config) -> DeploySettings:
         lease_ttl_seconds=effective.watch.lease_ttl_seconds,
         heartbeat_seconds=effective.watch.heartbeat_seconds,
         models=modal.models,
+        start_deadline_seconds=modal.start_deadline_seconds,
         workers=workers,
     )
