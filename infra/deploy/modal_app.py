@@ -327,6 +327,8 @@ def cancel_on_modal(call_id: str) -> None:
     schedule=SCHEDULE,
     secrets=[BUCKET_SECRET],
     timeout=SETTINGS.watcher_timeout,
+    cpu=1.0,
+    memory=1_024,
     retries=SETTINGS.watcher_retries,
     # One tick at a time: a tick that outlives the schedule's period is not joined by
     # a second one counting the same free slots.
@@ -452,6 +454,8 @@ def _define_worker(ws: WorkerSettings) -> Any:
     modal_cls = app.cls(
         image=IMAGES[ws.image],
         gpu=ws.gpu,
+        cpu=ws.cpu,
+        memory=ws.memory,
         secrets=[BUCKET_SECRET],
         volumes={MODEL_DIR: MODEL_VOLUME},
         max_containers=ws.max_containers,
