@@ -76,3 +76,19 @@ def test_device_without_torch_reports_why_it_is_the_cpu(monkeypatch: pytest.Monk
         assert device.reason
     else:  # a GPU machine: found by torch or nvidia-smi, with its name
         assert device.gpu_name
+
+
+def test_containers_record_the_deployed_version_and_mount_models_read_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from infra.version import VERSION_ENV, dropgpu_version
+
+    m = import_app(monkeypatch, write_config(tmp_path))
+    assert m.dropgpu_version() == dropgpu_version()
+    dropgpu_version.cache_clear()
+    monkeypatch.setenv(VERSION_ENV, "1.2.3")
+    assert dropgpu_version() == "1.2.3"
+    dropgpu_version.cache_clear()
+    for ws in m.SETTINGS.workers.values():
+        (volume,) = options(m.WORKERS[ws.route])["_spec"].volumes.values()
+        assert volume._read_only, ws.route

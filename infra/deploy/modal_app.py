@@ -49,6 +49,7 @@ from infra.deploy.settings import (
 )
 from infra.deploy.settings import IMAGES as IMAGE_RECIPES
 from infra.pricing import gpu_runtime
+from infra.version import VERSION_ENV, dropgpu_version
 from watcher.config import Config, config_file, load_config
 
 # `modal deploy infra/deploy/modal_app.py` imports this file as `modal_app`; with
@@ -95,6 +96,8 @@ def _extra_packages() -> list[str]:
 
 def _image(recipe: ImageRecipe) -> modal.Image:
     env = dict(recipe.env)
+    # The deploying machine's installed version; containers have no dropgpu metadata.
+    env[VERSION_ENV] = dropgpu_version()
     if CONFIG_PATH is not None:
         env[CONFIG_ENV] = REMOTE_CONFIG_PATH
     image = (
@@ -119,6 +122,8 @@ BUCKET_SECRET = modal.Secret.from_name(
     SETTINGS.secret_name, required_keys=list(SETTINGS.required_secret_keys)
 )
 MODEL_VOLUME = modal.Volume.from_name(SETTINGS.volume_name, create_if_missing=True)
+# Workers only read models: a read-only mount (pull_models alone writes, and commits).
+MODEL_VOLUME_RO = MODEL_VOLUME.read_only()
 SCHEDULE: modal.Cron | modal.Period = (
     modal.Period(seconds=SETTINGS.schedule.period_seconds)
     if SETTINGS.schedule.kind == "period"
@@ -389,6 +394,15 @@ class RouteWorker:
         except Exception as exc:  # the job itself reports a missing model as a config error
             log.warning("handler_warm_up_failed", route=self.route_name, error=str(exc))
 
+    def _reload_models(self) -> None:
+        # A warm container sees models pulled after it started (pull_models commits).
+        if modal.is_local():
+            return
+        try:
+            MODEL_VOLUME_RO.reload()
+        except Exception as exc:  # e.g. a model file still open: the mounted view is kept
+            log.info("model_volume_reload_skipped", error=str(exc))
+
     def runtime_extra(self, wall_seconds: float) -> dict[str, Any]:
         """Manifest runtime facts: executor, GPU type, GPU-seconds and estimated cost."""
         return {
@@ -406,6 +420,7 @@ class RouteWorker:
         if job.route != self.route_name:
             # A spawn on the wrong class would run with the wrong GPU/timeout: refuse.
             raise ValueError(f"job of route {job.route!r} sent to {self.settings.class_name}")
+        self._reload_models()
         return asyncio.run(self._run(job))
 
     async def _run(self, job: JobSpec) -> dict[str, Any]:
@@ -457,7 +472,7 @@ def _define_worker(ws: WorkerSettings) -> Any:
         cpu=ws.cpu,
         memory=ws.memory,
         secrets=[BUCKET_SECRET],
-        volumes={MODEL_DIR: MODEL_VOLUME},
+        volumes={MODEL_DIR: MODEL_VOLUME_RO},
         max_containers=ws.max_containers,
         scaledown_window=ws.scaledown_window,
         timeout=ws.timeout,
