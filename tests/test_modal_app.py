@@ -171,8 +171,8 @@ def test_worker_class_per_route_honours_gpu_caps_and_timeouts(
     assert set(m.WORKERS) == {r.name for r in m.CONFIG.enabled_routes()}
     expected = {
         "count": ("T4", 2, 30, 600 + 30 + 600, "torch"),  # custom handler: full image
-        "clips-hd": ("A100-80GB", 10, 120, 3600 + 30 + 600, "ffmpeg"),
-        "vertical": ("L4", 10, 120, 3600 + 30 + 600, "ffmpeg"),  # video default: NVENC L4
+        "clips-hd": ("A100-80GB", 2, 120, 3600 + 30 + 600, "ffmpeg"),
+        "vertical": ("L4", 2, 120, 3600 + 30 + 600, "ffmpeg"),  # video default: NVENC L4
     }
     for route, (gpu, cap, scaledown, timeout, image) in expected.items():
         cls = getattr(m, worker_class_name(route))

@@ -30,7 +30,6 @@ from watcher.exceptions import ConfigError
 MODAL_MAX_TIMEOUT_S = 86_400
 # JobRunner gives a handler this much beyond the route timeout before giving up on it.
 RUNNER_GRACE_S = 30
-WATCHER_TIMEOUT_S = 300
 MODEL_DIR = "/models"
 SCRATCH_DIR = "/tmp/dropgpu-scratch"
 REMOTE_CONFIG_PATH = "/root/dropgpu.toml"
@@ -248,7 +247,7 @@ def deploy_settings(config: Config) -> DeploySettings:
         volume_name=modal.volume_name,
         model_dir=MODEL_DIR,
         schedule=schedule,
-        watcher_timeout=WATCHER_TIMEOUT_S,
+        watcher_timeout=modal.watcher_timeout_seconds,
         watcher_retries=0,
         lease_ttl_seconds=effective.watch.lease_ttl_seconds,
         heartbeat_seconds=effective.watch.heartbeat_seconds,
