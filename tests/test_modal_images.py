@@ -92,3 +92,12 @@ def test_containers_record_the_deployed_version_and_mount_models_read_only(
     for ws in m.SETTINGS.workers.values():
         (volume,) = options(m.WORKERS[ws.route])["_spec"].volumes.values()
         assert volume._read_only, ws.route
+
+
+def test_gpu_counts_follow_modals_per_type_caps() -> None:
+    from infra.pricing import parse_gpu
+
+    assert parse_gpu("h100:8") == ("H100", 8)
+    assert parse_gpu("A10G:4") == ("A10G", 4)
+    with pytest.raises(ValueError, match="1 to 4 A10G"):
+        parse_gpu("A10G:8")
