@@ -177,3 +177,26 @@ def test_the_spawned_call_id_is_recorded_beside_the_claim(
             return await bucket.get_bytes(spawned_call_key(ref, 1))
 
     assert b'"call_id": "fc-1"' in asyncio.run(read())
+
+
+def test_a_killed_ticks_lock_expires_and_a_released_one_is_free_at_once(
+    modal_env: BucketSpec,
+) -> None:
+    from infra.deploy.tick_lock import acquire_tick_lock
+
+    async def scenario() -> None:
+        async with modal_env.open() as bucket:
+            first = await acquire_tick_lock(bucket, hold_seconds=1.5)
+            assert first is not None
+            assert await acquire_tick_lock(bucket, hold_seconds=1.5) is None  # held
+            await asyncio.sleep(2.5)  # the holder was killed: never released
+            # Every tick of a deployment holds for the same time (its watcher timeout).
+            second = await acquire_tick_lock(bucket, hold_seconds=1.5)
+            assert second is not None and second.generation == first.generation + 1
+            await second.release()
+            third = await acquire_tick_lock(bucket, hold_seconds=1.5)
+            assert third is not None  # released: no wait
+            keys = [o.key for o in (await bucket.list("_dropgpu/locks/")).objects]
+            assert keys == [third.key]  # older generations cleaned up
+
+    asyncio.run(scenario())

@@ -51,7 +51,11 @@ class TickLock:
 
 
 async def acquire_tick_lock(bucket: Bucket, *, hold_seconds: float) -> TickLock | None:
-    """The lock for this tick; None when another live tick holds it."""
+    """The lock for this tick; None when another live tick holds it.
+
+    ``hold_seconds`` is the caller's, applied to the holder's age: every tick of one
+    deployment uses the same (its watcher timeout + 30 s).
+    """
     listing = await bucket.list(LOCK_PREFIX)
     generations: dict[int, list[str]] = {}
     released: set[int] = set()
