@@ -73,9 +73,19 @@ _WATCHER_PIP = (
 # probes NVENC at run time and falls back to libx264 when the driver lacks it.
 # Its version fixes the ffmpeg build and so the NVENC driver floor (bench/modal_smoke.py
 # prints whether NVENC loads on Modal's driver).
-_FFMPEG_PIP = (*_WATCHER_PIP, "imageio-ffmpeg==0.8.1")
+# librosa: beat tracking for highlights and render (imported only by a job that tracks beats).
+_FFMPEG_PIP = (*_WATCHER_PIP, "imageio-ffmpeg==0.8.1", "librosa==0.11.0")
 # The PyPI torch wheel for Linux bundles CUDA; versions are the ones tested here.
-_TORCH_PIP = (*_FFMPEG_PIP, "torch==2.13.0", "demucs==4.1.0", "pyyaml==6.0.4")
+# dlib-bin + face-recognition-models: the faces route's CPU detector, landmarks and
+# descriptor, weights inside the package (no model store needed).
+_TORCH_PIP = (
+    *_FFMPEG_PIP,
+    "torch==2.13.0",
+    "demucs==4.1.0",
+    "pyyaml==6.0.4",
+    "dlib-bin==20.0.1.post1",
+    "face-recognition-models==0.3.0",
+)
 # Model caches point into the Volume so whatever path demucs takes lands there.
 _MODEL_ENV = {
     "DROPGPU_MODEL_DIR": f"{MODEL_DIR}/store",
