@@ -62,9 +62,25 @@ def _body(i: int) -> bytes:
     return f"bench input {i}".encode()
 
 
-def _write_config(path: Path, counter: Path) -> Path:
+def _builtin_routes(tree: Path | None) -> list[str]:
+    """The built-in route names of this code, or of an older tree (it may know fewer)."""
+    if tree is None:
+        return list(load_config(None).routes)
+    code = "from watcher.config import load_config; print(' '.join(load_config(None).routes))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.split()
+
+
+def _write_config(path: Path, counter: Path, tree: Path | None = None) -> Path:
     # Only the bench route: the built-in ones would add empty LISTs to every tick.
-    lines = [f"[routes.{name}]\nenabled = false\n" for name in load_config(None).routes]
+    lines = [f"[routes.{name}]\nenabled = false\n" for name in _builtin_routes(tree)]
     lines.append(
         f'[routes.{ROUTE}]\nhandler = "{COUNTING}"\nsettle_seconds = 0\n'
         f'params = {{ counter_dir = "{counter}" }}\n'
@@ -142,7 +158,7 @@ def _strategy(
     work = tmp / name
     root, counter = work / "bucket", work / "runs"
     _populate(root, n)
-    config_path = _write_config(work / "dropgpu.toml", counter)
+    config_path = _write_config(work / "dropgpu.toml", counter, tree)
     if tree is not None:
         wall = _run_old(tree, root, config_path, workers)
     else:

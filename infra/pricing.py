@@ -36,6 +36,10 @@ DEFAULT_GPU_USD_PER_SECOND: dict[str, float] = {
 _GPU_SPEC = re.compile(r"^(?P<type>[A-Za-z0-9-]+)(?P<bang>!?)(?::(?P<count>\d{1,2}))?$")
 
 
+# GPUs per container where Modal allows fewer than 8 (Modal's GPU docs).
+MAX_GPU_COUNT: dict[str, int] = {"A10G": 4, "A10": 4}
+
+
 def normalise_gpu_type(name: str) -> str:
     """Modal spells GPU types case-insensitively ("l4" == "L4"); compare upper-case."""
     return name.strip().upper()
@@ -50,9 +54,11 @@ def parse_gpu(spec: str) -> tuple[str, int]:
     if m is None:
         raise ValueError(f"{spec!r} is not a GPU spec like 'L4', 'A10G' or 'H100:2'")
     count = int(m.group("count") or 1)
-    if not 1 <= count <= 8:
-        raise ValueError(f"{spec!r}: GPU count must be between 1 and 8")
-    return normalise_gpu_type(m.group("type")), count
+    gpu_type = normalise_gpu_type(m.group("type"))
+    most = MAX_GPU_COUNT.get(gpu_type, 8)
+    if not 1 <= count <= most:
+        raise ValueError(f"{spec!r}: Modal allows 1 to {most} {gpu_type} GPUs per container")
+    return gpu_type, count
 
 
 class PriceTable(BaseModel):

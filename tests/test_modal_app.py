@@ -171,8 +171,8 @@ def test_worker_class_per_route_honours_gpu_caps_and_timeouts(
     assert set(m.WORKERS) == {r.name for r in m.CONFIG.enabled_routes()}
     expected = {
         "count": ("T4", 2, 30, 600 + 30 + 600, "torch"),  # custom handler: full image
-        "clips-hd": ("A100-80GB", 10, 120, 3600 + 30 + 600, "ffmpeg"),
-        "vertical": ("L4", 10, 120, 3600 + 30 + 600, "ffmpeg"),  # video default: NVENC L4
+        "clips-hd": ("A100-80GB", 2, 120, 3600 + 30 + 600, "ffmpeg"),
+        "vertical": ("L4", 2, 120, 3600 + 30 + 600, "ffmpeg"),  # video default: NVENC L4
     }
     for route, (gpu, cap, scaledown, timeout, image) in expected.items():
         cls = getattr(m, worker_class_name(route))
@@ -246,7 +246,8 @@ def modal_env(s3_target: BucketSpec, monkeypatch: pytest.MonkeyPatch) -> BucketS
 
 def tick(m: ModuleType) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
     spawned: list[tuple[str, dict[str, Any]]] = []
-    summary = m.watch_tick.local(spawn=lambda cls, spec: spawned.append((cls, spec)))
+    m.spawn_on_modal = lambda cls, spec: spawned.append((cls, spec))
+    summary = m.watch_tick.local()
     return summary, spawned
 
 
@@ -336,7 +337,8 @@ def test_failed_spawn_releases_the_claim_for_the_next_tick(
     def broken(cls: str, spec: dict[str, Any]) -> None:
         raise RuntimeError("modal API unavailable")
 
-    summary = m.watch_tick.local(spawn=broken)
+    monkeypatch.setattr(m, "spawn_on_modal", broken)
+    summary = m.watch_tick.local()
     assert summary["spawn_failed"] == 1
 
     # Released, not stuck until the lease (600 s) runs out.

@@ -189,14 +189,21 @@ class ModalSettings(BaseModel):
     # NVENC (L4), "audio" ones (demucs) want more memory.
     video_gpu: str = "L4"
     audio_gpu: str = "A10G"
-    max_containers: int = Field(default=10, ge=1, le=1_000)
+    # Per route. Small on purpose: a new Modal workspace's GPU limit is a handful, and
+    # the built-in routes are six; raise it to what your workspace allows.
+    max_containers: int = Field(default=2, ge=1, le=1_000)
     scaledown_window_seconds: int = Field(default=120, ge=2, le=3_600)
+    # The watcher function's Modal timeout (and how long its tick lock is held at most).
+    watcher_timeout_seconds: int = Field(default=300, ge=60, le=3_600)
     # Download + upload + model load on top of the route's handler timeout.
     timeout_margin_seconds: int = Field(default=600, ge=60, le=7_200)
     # On Modal a claim can wait for a cold start or a free container before the
     # worker's first heartbeat, so the deployment uses a longer lease than the
     # local default. A local `dropgpu watch` on the same bucket should match it.
     lease_ttl_seconds: float = Field(default=600.0, ge=120, le=86_400)
+    # A claim the watcher wrote and spawned, but no worker heartbeated yet, is queued
+    # (a GPU limit, scarcity), not dead: it is retried only after this deadline.
+    start_deadline_seconds: float = Field(default=3_600.0, ge=120, le=86_400)
     # demucs models pull_models puts into the Volume.
     models: tuple[str, ...] = ("htdemucs",)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -27,6 +27,7 @@ import structlog
 from structlog.typing import FilteringBoundLogger
 
 from handlers.contract.keys import CLAIMS, DONE, FAILED, ClaimKind, JobRef, parse_claim_key
+from handlers.jobs.claims import DISPATCHED_PHASE
 from infra.storage.bucket import Bucket, Listing, ObjectInfo, SkippedEntry
 from infra.storage.errors import BucketError
 from watcher.config import Config, RouteConfig
@@ -192,7 +193,13 @@ def _age_s(snapshot: Snapshot, obj: ObjectInfo) -> float:
 
 
 def classify(
-    snapshot: Snapshot, route: RouteConfig, obj: ObjectInfo, *, lease_ttl_seconds: float
+    snapshot: Snapshot,
+    route: RouteConfig,
+    obj: ObjectInfo,
+    *,
+    lease_ttl_seconds: float,
+    dispatched: Collection[str] = frozenset(),
+    start_deadline_seconds: float = 0.0,
 ) -> Decision:
     rel = obj.key[len(route.prefix) :]
     why = ignore_reason(rel)
@@ -239,6 +246,10 @@ def classify(
             )
     elif newest.claim is not None and _age_s(snapshot, newest.claim) <= lease_ttl_seconds:
         return Decision(DecisionState.RUNNING, ref, obj, claims=job_claims)
+    elif newest.claim is not None and _still_dispatched(
+        snapshot, ref.job_id, newest.claim, dispatched, start_deadline_seconds
+    ):
+        return Decision(DecisionState.RUNNING, ref, obj, detail="dispatched", claims=job_claims)
     # The newest attempt failed (retry time reached) or its owner stopped heartbeating.
     if used >= route.max_attempts:
         return Decision(
@@ -247,7 +258,50 @@ def classify(
     return Decision(DecisionState.CLAIMABLE, ref, obj, next_attempt=next_attempt, claims=job_claims)
 
 
+def _still_dispatched(
+    snapshot: Snapshot,
+    job_id: str,
+    claim: ObjectInfo,
+    dispatched: Collection[str],
+    start_deadline_seconds: float,
+) -> bool:
+    # Spawned, never heartbeaten (still in an executor's queue): alive until the deadline.
+    return job_id in dispatched and _age_s(snapshot, claim) <= start_deadline_seconds
+
+
 # -- claim bodies, read on demand ----------------------------------------------------------
+
+
+async def dispatched_jobs(
+    bucket: Bucket, snapshot: Snapshot, *, lease_ttl_seconds: float, start_deadline_seconds: float
+) -> frozenset[str]:
+    """Jobs whose newest claim is past the lease but was never heartbeaten by a worker.
+
+    One GET per claim aged between the lease and the start deadline (few: only claims
+    still queued, or whose worker died); an unreadable body counts as not dispatched.
+    """
+    candidates: list[tuple[str, str]] = []
+    for job_id, job_claims in snapshot.claims.items():
+        newest = job_claims.newest
+        if newest is None or newest.claim is None or newest.released or job_id in snapshot.done:
+            continue
+        if newest.failed_retry_at_ms is not None:
+            continue
+        age = _age_s(snapshot, newest.claim)
+        if lease_ttl_seconds < age <= start_deadline_seconds:
+            candidates.append((job_id, newest.claim.key))
+    bodies = await asyncio.gather(
+        *(bucket.get_bytes(key) for _, key in candidates), return_exceptions=True
+    )
+    out: set[str] = set()
+    for (job_id, _), body in zip(candidates, bodies, strict=True):
+        try:
+            if isinstance(body, bytes) and json.loads(body).get("phase") == DISPATCHED_PHASE:
+                out.add(job_id)
+        except (ValueError, AttributeError):
+            pass
+    return frozenset(out)
+
 
 PROGRESS_FIELDS = ("phase", "progress", "attempt", "owner", "updated_at")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
 import structlog
@@ -27,6 +27,7 @@ from watcher.config import Config, RouteConfig
 from watcher.state import (
     Decision,
     DecisionState,
+    Snapshot,
     classify,
     last_error,
     take_snapshot,
@@ -122,11 +123,23 @@ def _soonest(current: float | None, wait: float) -> float:
 
 
 async def run_tick(
-    bucket: Bucket, config: Config, dispatch: Dispatch, *, capacity: int | None = None
+    bucket: Bucket,
+    config: Config,
+    dispatch: Dispatch,
+    *,
+    capacity: int | None = None,
+    snapshot: Snapshot | None = None,
+    dispatched: Collection[str] = frozenset(),
+    start_deadline_seconds: float = 0.0,
 ) -> TickReport:
-    """List, decide, claim up to min(cap, capacity) jobs and hand each to ``dispatch``."""
+    """List, decide, claim up to min(cap, capacity) jobs and hand each to ``dispatch``.
+
+    ``snapshot``: one taken by the caller this tick (reused across routes, not retaken);
+    ``dispatched``/``start_deadline_seconds``: see watcher/state.py ``dispatched_jobs``.
+    """
     report = TickReport()
-    snapshot = await take_snapshot(bucket, config)
+    if snapshot is None:
+        snapshot = await take_snapshot(bucket, config)
     warn_skipped_once(snapshot)
     report.list_requests = snapshot.requests
     ttl = config.watch.lease_ttl_seconds
@@ -134,7 +147,14 @@ async def run_tick(
     maintenance: list[tuple[RouteConfig, Decision]] = []
     for route in config.enabled_routes():
         for obj in snapshot.inputs.get(route.name, []):
-            d = classify(snapshot, route, obj, lease_ttl_seconds=ttl)
+            d = classify(
+                snapshot,
+                route,
+                obj,
+                lease_ttl_seconds=ttl,
+                dispatched=dispatched,
+                start_deadline_seconds=start_deadline_seconds,
+            )
             report.states[d.state] += 1
             if d.state == DecisionState.CLAIMABLE:
                 claimable.append((route, d))

@@ -36,6 +36,9 @@ from infra.storage.errors import BucketError
 from infra.text import one_line
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
+# The phase of a claim as the dispatcher writes it; the worker's first heartbeat replaces
+# it, so a claim still in this phase was never started (watcher/state.py reads it).
+DISPATCHED_PHASE = "claimed"
 
 
 def claim_body(**fields: Any) -> bytes:
@@ -52,7 +55,7 @@ async def create_claim(bucket: Bucket, ref: JobRef, attempt: int, *, claimed_at:
     would read as a lost race, and the claim would wait out its lease unrun.
     """
     body = claim_body(
-        phase="claimed",
+        phase=DISPATCHED_PHASE,
         progress=0.0,
         job_id=ref.job_id,
         input_key=ref.input_key,
@@ -60,6 +63,32 @@ async def create_claim(bucket: Bucket, ref: JobRef, attempt: int, *, claimed_at:
         claimed_at=claimed_at,
     )
     return await bucket.create_if_absent(ref.claim_key(attempt), body)
+
+
+def spawned_call_key(ref: JobRef, attempt: int) -> str:
+    """``attempt-n.call``: the executor's id of the queued call that runs attempt n.
+
+    Its own key, not a field of the claim: the worker's heartbeats rewrite the claim and
+    would race the dispatcher's write. parse_claim_key skips it; delete_claims removes it.
+    """
+    return f"{ref.claim_key(attempt)}.call"
+
+
+async def record_spawned_call(bucket: Bucket, ref: JobRef, attempt: int, call_id: str) -> None:
+    """Remember which queued call runs attempt n, so a superseded one can be cancelled."""
+    await with_storage_retries(
+        lambda: bucket.put_bytes(spawned_call_key(ref, attempt), claim_body(call_id=call_id))
+    )
+
+
+async def read_spawned_call(bucket: Bucket, ref: JobRef, attempt: int) -> str | None:
+    """The call id recorded for attempt n; None when none was (or it is unreadable)."""
+    try:
+        body = json.loads(await bucket.get_bytes(spawned_call_key(ref, attempt)))
+    except (BucketError, ValueError):
+        return None
+    call_id = body.get("call_id") if isinstance(body, dict) else None
+    return call_id if isinstance(call_id, str) and call_id else None
 
 
 async def write_heartbeat(bucket: Bucket, claim_key: str, **fields: Any) -> None:

@@ -8,6 +8,7 @@ errors left for `modal deploy` are account-side: token, missing Secret keys.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -35,6 +36,12 @@ def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--modal-env", default=None, help="Modal environment (modal deploy --env)")
     p.add_argument(
         "--dry-run", action="store_true", help="validate and print the plan; deploy nothing"
+    )
+    p.add_argument(
+        "--tick-now",
+        action="store_true",
+        help="ask the deployed app to run one watcher tick now (deploys nothing); "
+        "its workers belong to the deployed app, so they outlive this command",
     )
     p.set_defaults(func=run_deploy)
     return p
@@ -70,12 +77,39 @@ def _has_modal_token() -> bool:
     return bool(config.get("token_id") and config.get("token_secret"))
 
 
+def tick_now(settings: DeploySettings, modal_env: str | None) -> int:
+    """Call the deployed ``watch_tick`` once and print its summary.
+
+    Not `modal run ...::watch_tick`: that builds an ephemeral app whose spawned workers
+    are stopped when the command exits.
+    """
+    if not _has_modal_token():
+        print("dropgpu: no Modal token found: run `modal token new`", file=sys.stderr)
+        return ExitCode.USAGE
+    import modal
+
+    try:
+        fn = modal.Function.from_name(settings.app_name, "watch_tick", environment_name=modal_env)
+        summary = fn.remote()
+    except Exception as exc:  # not deployed, wrong environment, network
+        print(
+            f"dropgpu: tick failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            f" (is {settings.app_name} deployed? `dropgpu deploy`)",
+            file=sys.stderr,
+        )
+        return ExitCode.FAILED
+    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    return ExitCode.OK
+
+
 @one_line_errors()
 def run_deploy(args: argparse.Namespace) -> int:
     """Validate, print the plan, run `modal deploy`. Returns the exit code."""
     path = config_file(args.config)
     config = load_config(path)
     settings = deploy_settings(config)
+    if args.tick_now:
+        return tick_now(settings, args.modal_env)
     print(describe(config, settings))
     if args.dry_run:
         return ExitCode.OK

@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -47,11 +49,23 @@ from infra.deploy.settings import (
 )
 from infra.deploy.settings import IMAGES as IMAGE_RECIPES
 from infra.pricing import gpu_runtime
+from infra.version import VERSION_ENV, dropgpu_version
 from watcher.config import Config, config_file, load_config
+
+# `modal deploy infra/deploy/modal_app.py` imports this file as `modal_app`; with
+# include_source=False no container could import that name, so every worker would die
+# after a "successful" deploy. Refuse at once instead (the -m form names the package).
+MODULE_NAME = "infra.deploy.modal_app"
+if __name__ != MODULE_NAME:
+    sys.exit(
+        f"dropgpu: deploy with `modal deploy -m {MODULE_NAME}` (or `dropgpu deploy`) "
+        f"from the repository root, not by file path (imported as {__name__!r})"
+    )
 
 if TYPE_CHECKING:  # imported lazily below: importing this module stays light
     from handlers.jobs.spec import JobSpec
     from infra.storage.bucket import Bucket
+    from watcher.state import Snapshot
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
 # spawn(class_name, job_spec_dict): start one job without waiting for it.
@@ -82,6 +96,8 @@ def _extra_packages() -> list[str]:
 
 def _image(recipe: ImageRecipe) -> modal.Image:
     env = dict(recipe.env)
+    # The deploying machine's installed version; containers have no dropgpu metadata.
+    env[VERSION_ENV] = dropgpu_version()
     if CONFIG_PATH is not None:
         env[CONFIG_ENV] = REMOTE_CONFIG_PATH
     image = (
@@ -106,6 +122,8 @@ BUCKET_SECRET = modal.Secret.from_name(
     SETTINGS.secret_name, required_keys=list(SETTINGS.required_secret_keys)
 )
 MODEL_VOLUME = modal.Volume.from_name(SETTINGS.volume_name, create_if_missing=True)
+# Workers only read models: a read-only mount (pull_models alone writes, and commits).
+MODEL_VOLUME_RO = MODEL_VOLUME.read_only()
 SCHEDULE: modal.Cron | modal.Period = (
     modal.Period(seconds=SETTINGS.schedule.period_seconds)
     if SETTINGS.schedule.kind == "period"
@@ -134,25 +152,45 @@ def open_bucket_from_env() -> Bucket:
 # -- the watcher ----------------------------------------------------------------------------
 
 
-async def route_capacity(
-    bucket: Bucket, config: Config, settings: DeploySettings
-) -> dict[str, int]:
-    """Free worker slots per route: max_containers minus jobs with a live claim.
+# cancel(call_id): cancel one queued or running call of this app.
+Cancel = Callable[[str], Any]
 
-    A claim starts its lease when the watcher writes it; a spawn that waited in
-    Modal's queue for a free container would let that lease run down and be
-    retried while still queued. So, as the local pool does, claim only what a
-    container can start now. Routes with nothing to claim, repair or give up get
-    -1 (skipped). One LIST snapshot for all routes, no GETs.
+
+@dataclass(slots=True)
+class TickPlan:
+    """What one tick decides from its one snapshot, for every route."""
+
+    snapshot: Snapshot
+    dispatched: frozenset[str]  # jobs spawned but not yet started (see watcher/state.py)
+    free: dict[str, int]  # route -> free worker slots; -1: nothing to do there
+
+
+async def plan_tick(bucket: Bucket, config: Config, settings: DeploySettings) -> TickPlan:
+    """One LIST snapshot for all routes, and each route's free slots from its live claims.
+
+    A claim is live while its worker heartbeats (the lease) or, spawned and never
+    heartbeaten, while it waits in Modal's queue (the start deadline). Claiming only
+    into free slots keeps a claim from waiting behind max_containers at all.
     """
-    from watcher.state import DecisionState, classify, take_snapshot
+    from watcher.state import DecisionState, classify, dispatched_jobs, take_snapshot
 
     snapshot = await take_snapshot(bucket, config)
     ttl = config.watch.lease_ttl_seconds
+    deadline = settings.start_deadline_seconds
+    dispatched = await dispatched_jobs(
+        bucket, snapshot, lease_ttl_seconds=ttl, start_deadline_seconds=deadline
+    )
     free: dict[str, int] = {}
     for route in config.enabled_routes():
         states = [
-            classify(snapshot, route, obj, lease_ttl_seconds=ttl).state
+            classify(
+                snapshot,
+                route,
+                obj,
+                lease_ttl_seconds=ttl,
+                dispatched=dispatched,
+                start_deadline_seconds=deadline,
+            ).state
             for obj in snapshot.inputs.get(route.name, [])
         ]
         actionable = (DecisionState.CLAIMABLE, DecisionState.GIVE_UP, DecisionState.REPAIR)
@@ -161,29 +199,69 @@ async def route_capacity(
             continue
         running = sum(1 for s in states if s == DecisionState.RUNNING)
         free[route.name] = max(0, settings.workers[route.name].max_containers - running)
-    return free
+    return TickPlan(snapshot, dispatched, free)
+
+
+async def route_capacity(
+    bucket: Bucket, config: Config, settings: DeploySettings
+) -> dict[str, int]:
+    """Free worker slots per route (see ``plan_tick``)."""
+    return (await plan_tick(bucket, config, settings)).free
+
+
+async def cancel_superseded(bucket: Bucket, spec: JobSpec, cancel: Cancel) -> bool:
+    """Cancel the queued call of the attempt ``spec`` supersedes; True when one was.
+
+    The previous attempt's claim expired (its call waited past the start deadline, or
+    its worker died); a call still in Modal's queue would otherwise start late and
+    refuse (handlers/jobs/claim_check.py) at the price of a container start.
+    """
+    from handlers.jobs.claims import read_spawned_call
+
+    if spec.attempt <= 1:
+        return False
+    call_id = await read_spawned_call(bucket, spec.ref, spec.attempt - 1)
+    if call_id is None:
+        return False
+    try:
+        await asyncio.to_thread(cancel, call_id)
+    except Exception as exc:  # a finished call cannot be cancelled; nothing is lost
+        log.warning("superseded_call_cancel_failed", call_id=call_id, error=str(exc))
+        return False
+    log.info("superseded_call_cancelled", call_id=call_id, attempt=spec.attempt - 1)
+    return True
 
 
 async def run_watcher_tick(
-    bucket: Bucket, config: Config, settings: DeploySettings, spawn: Spawn
+    bucket: Bucket,
+    config: Config,
+    settings: DeploySettings,
+    spawn: Spawn,
+    cancel: Cancel | None = None,
 ) -> dict[str, Any]:
     """Tick each route that has work, claiming at most its free capacity, and spawn."""
-    from handlers.jobs.claims import release_claim
+    from handlers.jobs.claims import record_spawned_call, release_claim
     from watcher.tick import run_tick
 
-    free = await route_capacity(bucket, config, settings)
-    summary: dict[str, Any] = {"spawned": 0, "spawn_failed": 0, "routes": {}}
+    plan = await plan_tick(bucket, config, settings)
+    summary: dict[str, Any] = {"spawned": 0, "spawn_failed": 0, "cancelled": 0, "routes": {}}
 
-    for route in config.enabled_routes():
-        capacity = free.get(route.name, -1)
-        if capacity < 0:
-            continue
+    # Routes with the fewest live claims first: when a tick is cut short (its timeout),
+    # the routes it did not reach are the busiest, not always the last in the file.
+    order = sorted(
+        (r for r in config.enabled_routes() if plan.free.get(r.name, -1) >= 0),
+        key=lambda r: -plan.free[r.name],
+    )
+    for route in order:
+        capacity = plan.free[route.name]
         class_name = settings.workers[route.name].class_name
 
         async def dispatch(spec: JobSpec, class_name: str = class_name) -> None:
+            if cancel is not None and await cancel_superseded(bucket, spec, cancel):
+                summary["cancelled"] += 1
             try:
                 # Modal's spawn blocks on an RPC: keep it off the event loop.
-                await asyncio.to_thread(spawn, class_name, spec.to_dict())
+                call_id = await asyncio.to_thread(spawn, class_name, spec.to_dict())
                 summary["spawned"] += 1
             except Exception as exc:
                 summary["spawn_failed"] += 1
@@ -191,17 +269,62 @@ async def run_watcher_tick(
                 # retries it at once, and it uses up no attempt.
                 log.error("spawn_failed_releasing_claim", error=str(exc))
                 await release_claim(bucket, spec.ref, spec.attempt)
+                return
+            if isinstance(call_id, str) and call_id:
+                try:
+                    await record_spawned_call(bucket, spec.ref, spec.attempt, call_id)
+                except Exception as exc:  # only the cancel of a superseded call needs it
+                    log.warning("spawned_call_not_recorded", call_id=call_id, error=str(exc))
 
         only_route = config.model_copy(update={"routes": {route.name: route}})
-        report = await run_tick(bucket, only_route, dispatch, capacity=capacity)
+        report = await run_tick(
+            bucket,
+            only_route,
+            dispatch,
+            capacity=capacity,
+            snapshot=plan.snapshot,
+            dispatched=plan.dispatched,
+            start_deadline_seconds=settings.start_deadline_seconds,
+        )
         summary["routes"][route.name] = {"capacity": capacity, **report.summary()}
-    log.info("modal_tick", spawned=summary["spawned"], spawn_failed=summary["spawn_failed"])
+    log.info(
+        "modal_tick",
+        spawned=summary["spawned"],
+        spawn_failed=summary["spawn_failed"],
+        cancelled=summary["cancelled"],
+    )
     return summary
 
 
-def spawn_on_modal(class_name: str, spec: dict[str, Any]) -> None:
-    """Fire-and-forget one job on a route's worker class (the claim is its receipt)."""
-    globals()[class_name]().run_job.spawn(spec)
+async def locked_watcher_tick(
+    bucket: Bucket,
+    config: Config,
+    settings: DeploySettings,
+    spawn: Spawn,
+    cancel: Cancel | None = None,
+) -> dict[str, Any]:
+    """``run_watcher_tick`` under the bucket's tick lock; skipped while another tick runs."""
+    from infra.deploy.tick_lock import acquire_tick_lock
+
+    lock = await acquire_tick_lock(bucket, hold_seconds=settings.watcher_timeout + 30)
+    if lock is None:
+        log.info("modal_tick_skipped_another_running")
+        return {"spawned": 0, "spawn_failed": 0, "cancelled": 0, "routes": {}, "skipped": True}
+    try:
+        return await run_watcher_tick(bucket, config, settings, spawn, cancel)
+    finally:
+        await lock.release()
+
+
+def spawn_on_modal(class_name: str, spec: dict[str, Any]) -> str:
+    """Start one job on a route's worker class without waiting; the call's id."""
+    call = globals()[class_name]().run_job.spawn(spec)
+    return str(call.object_id)
+
+
+def cancel_on_modal(call_id: str) -> None:
+    """Cancel a call of this app (a queued call whose claim was superseded)."""
+    modal.FunctionCall.from_id(call_id).cancel()
 
 
 @app.function(
@@ -209,10 +332,18 @@ def spawn_on_modal(class_name: str, spec: dict[str, Any]) -> None:
     schedule=SCHEDULE,
     secrets=[BUCKET_SECRET],
     timeout=SETTINGS.watcher_timeout,
+    cpu=1.0,
+    memory=1_024,
     retries=SETTINGS.watcher_retries,
+    # One tick at a time: a tick that outlives the schedule's period is not joined by
+    # a second one counting the same free slots.
+    max_containers=1,
 )
-def watch_tick(spawn: Spawn | None = None) -> dict[str, Any]:
-    """One tick: claim what is new and spawn workers. ``spawn`` is injectable for tests."""
+def watch_tick() -> dict[str, Any]:
+    """One tick: claim what is new and spawn workers (spawn_on_modal / cancel_on_modal).
+
+    No parameters, so `modal run` and `Function.from_name(...).remote()` can call it.
+    """
     from infra.log import configure_logging
 
     configure_logging(json=True)
@@ -221,7 +352,10 @@ def watch_tick(spawn: Spawn | None = None) -> dict[str, Any]:
         from handlers.jobs.webhooks import drain_notifications
 
         async with open_bucket_from_env() as bucket:
-            result = await run_watcher_tick(bucket, RUN_CONFIG, SETTINGS, spawn or spawn_on_modal)
+            # Looked up at call time: tests swap them for in-process stand-ins.
+            result = await locked_watcher_tick(
+                bucket, RUN_CONFIG, SETTINGS, spawn_on_modal, cancel_on_modal
+            )
             await drain_notifications(timeout=30)  # webhooks of give-ups committed by the tick
             return result
 
@@ -260,6 +394,15 @@ class RouteWorker:
         except Exception as exc:  # the job itself reports a missing model as a config error
             log.warning("handler_warm_up_failed", route=self.route_name, error=str(exc))
 
+    def _reload_models(self) -> None:
+        # A warm container sees models pulled after it started (pull_models commits).
+        if modal.is_local():
+            return
+        try:
+            MODEL_VOLUME_RO.reload()
+        except Exception as exc:  # e.g. a model file still open: the mounted view is kept
+            log.info("model_volume_reload_skipped", error=str(exc))
+
     def runtime_extra(self, wall_seconds: float) -> dict[str, Any]:
         """Manifest runtime facts: executor, GPU type, GPU-seconds and estimated cost."""
         return {
@@ -277,14 +420,26 @@ class RouteWorker:
         if job.route != self.route_name:
             # A spawn on the wrong class would run with the wrong GPU/timeout: refuse.
             raise ValueError(f"job of route {job.route!r} sent to {self.settings.class_name}")
+        self._reload_models()
         return asyncio.run(self._run(job))
 
     async def _run(self, job: JobSpec) -> dict[str, Any]:
+        from handlers.jobs.claim_check import refusal_reason
         from handlers.jobs.runner import JobRunner
+        from handlers.jobs.spec import job_log_context
         from handlers.jobs.webhooks import drain_notifications
 
         scratch = Path(RUN_CONFIG.watch.scratch_dir or SCRATCH_DIR)
         async with open_bucket_from_env() as bucket:
+            why = await refusal_reason(
+                bucket, job, start_deadline_seconds=SETTINGS.start_deadline_seconds
+            )
+            if why:
+                # Started too late (queued past its lease) or superseded: the claim's
+                # newer owner, or the next tick, runs the job; running here would be twice.
+                with structlog.contextvars.bound_contextvars(**job_log_context(job.ref)):
+                    log.warning("job_refused_claim_not_ours", reason=why, attempt=job.attempt)
+                return {"status": "refused", "message": why, "manifest_key": None}
             runner = JobRunner(
                 bucket,
                 scratch_root=scratch,
@@ -314,8 +469,10 @@ def _define_worker(ws: WorkerSettings) -> Any:
     modal_cls = app.cls(
         image=IMAGES[ws.image],
         gpu=ws.gpu,
+        cpu=ws.cpu,
+        memory=ws.memory,
         secrets=[BUCKET_SECRET],
-        volumes={MODEL_DIR: MODEL_VOLUME},
+        volumes={MODEL_DIR: MODEL_VOLUME_RO},
         max_containers=ws.max_containers,
         scaledown_window=ws.scaledown_window,
         timeout=ws.timeout,

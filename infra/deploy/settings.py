@@ -30,7 +30,6 @@ from watcher.exceptions import ConfigError
 MODAL_MAX_TIMEOUT_S = 86_400
 # JobRunner gives a handler this much beyond the route timeout before giving up on it.
 RUNNER_GRACE_S = 30
-WATCHER_TIMEOUT_S = 300
 MODEL_DIR = "/models"
 SCRATCH_DIR = "/tmp/dropgpu-scratch"
 REMOTE_CONFIG_PATH = "/root/dropgpu.toml"
@@ -61,19 +60,32 @@ class ImageRecipe:
 # so its container starts in seconds. Handler modules are imported (for their
 # extensions and params), so they must not import torch at module level; numpy
 # is here because several handler modules import it at the top.
+# Pinned (the versions this repository's tests run): a rebuild gives the same image.
 _WATCHER_PIP = (
-    "aiobotocore>=2.15",
-    "structlog>=24.1",
-    "pydantic>=2.6",
-    "jsonschema>=4.20",
-    "ffmpeg-python>=0.2",
-    "numpy>=1.26",
+    "aiobotocore==3.10.0",
+    "structlog==26.1.0",
+    "pydantic==2.14.4",
+    "jsonschema==4.26.0",
+    "ffmpeg-python==0.2.0",
+    "numpy==2.4.6",
 )
 # imageio-ffmpeg ships a static ffmpeg with libx264 and NVENC; gpu/encoders.py
 # probes NVENC at run time and falls back to libx264 when the driver lacks it.
-_FFMPEG_PIP = (*_WATCHER_PIP, "imageio-ffmpeg>=0.5")
+# Its version fixes the ffmpeg build and so the NVENC driver floor (bench/modal_smoke.py
+# prints whether NVENC loads on Modal's driver).
+# librosa: beat tracking for highlights and render (imported only by a job that tracks beats).
+_FFMPEG_PIP = (*_WATCHER_PIP, "imageio-ffmpeg==0.8.1", "librosa==0.11.0")
 # The PyPI torch wheel for Linux bundles CUDA; versions are the ones tested here.
-_TORCH_PIP = (*_FFMPEG_PIP, "torch==2.13.0", "demucs==4.1.0", "pyyaml>=6")
+# dlib-bin + face-recognition-models: the faces route's CPU detector, landmarks and
+# descriptor, weights inside the package (no model store needed).
+_TORCH_PIP = (
+    *_FFMPEG_PIP,
+    "torch==2.13.0",
+    "demucs==4.1.0",
+    "pyyaml==6.0.4",
+    "dlib-bin==20.0.1.post1",
+    "face-recognition-models==0.3.0",
+)
 # Model caches point into the Volume so whatever path demucs takes lands there.
 _MODEL_ENV = {
     "DROPGPU_MODEL_DIR": f"{MODEL_DIR}/store",
@@ -81,11 +93,14 @@ _MODEL_ENV = {
     "HF_HOME": f"{MODEL_DIR}/hf",
 }
 _COMMON_ENV = {"DROPGPU_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
+# GPU images: the container runtime mounts the driver's video libraries (libnvidia-encode,
+# libnvcuvid: NVENC/NVDEC) only when "video" is among the capabilities.
+_GPU_ENV = {"NVIDIA_DRIVER_CAPABILITIES": "compute,utility,video", "NVIDIA_VISIBLE_DEVICES": "all"}
 
 IMAGES: dict[str, ImageRecipe] = {
     "watcher": ImageRecipe("watcher", _WATCHER_PIP, dict(_COMMON_ENV)),
-    "ffmpeg": ImageRecipe("ffmpeg", _FFMPEG_PIP, {**_COMMON_ENV, **_MODEL_ENV}),
-    "torch": ImageRecipe("torch", _TORCH_PIP, {**_COMMON_ENV, **_MODEL_ENV}),
+    "ffmpeg": ImageRecipe("ffmpeg", _FFMPEG_PIP, {**_COMMON_ENV, **_MODEL_ENV, **_GPU_ENV}),
+    "torch": ImageRecipe("torch", _TORCH_PIP, {**_COMMON_ENV, **_MODEL_ENV, **_GPU_ENV}),
 }
 
 
@@ -102,6 +117,19 @@ class WorkerSettings:
     timeout: int
     startup_timeout: int
     retries: int = 0
+    cpu: float = 2.0  # physical cores reserved (Modal's default is 0.125)
+    memory: int = 4_096  # MiB reserved
+
+
+# CPU and memory per container, sized for the CPU fallback (libx264, filters, demux and
+# mux run on the CPU even beside NVENC; demucs on the CPU when no GPU is attached).
+RESOURCES: dict[str, tuple[float, int]] = {
+    "watcher": (1.0, 1_024),
+    "ffmpeg": (4.0, 8_192),
+    "torch": (4.0, 16_384),
+}
+# A route with gpu = "none" does all its work on the CPU.
+CPU_ONLY_RESOURCES: tuple[float, int] = (8.0, 16_384)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +152,8 @@ class DeploySettings:
     lease_ttl_seconds: float
     heartbeat_seconds: float
     models: tuple[str, ...]
+    # A spawned claim no worker has heartbeaten yet is queued, not dead, until this.
+    start_deadline_seconds: float
     workers: dict[str, WorkerSettings]
 
 
@@ -172,11 +202,16 @@ def worker_settings(config: Config, route: RouteConfig) -> WorkerSettings:
             f"[modal] timeout_margin_seconds {modal.timeout_margin_seconds} exceeds Modal's "
             f"{MODAL_MAX_TIMEOUT_S} s limit; lower one of them"
         )
+    image = route_image(route)
+    gpu = route_gpu(config, route)
+    cpu, memory = RESOURCES[image] if gpu else CPU_ONLY_RESOURCES
     return WorkerSettings(
         route=route.name,
         class_name=worker_class_name(route.name),
-        image=route_image(route),
-        gpu=route_gpu(config, route),
+        image=image,
+        gpu=gpu,
+        cpu=cpu,
+        memory=memory,
         max_containers=route.max_containers or modal.max_containers,
         scaledown_window=route.scaledown_window_seconds or modal.scaledown_window_seconds,
         timeout=timeout,
@@ -193,6 +228,11 @@ def deploy_settings(config: Config) -> DeploySettings:
         raise ConfigError(  # cannot happen with ttl/4 heartbeats; guards a future change
             f"{config.source}: modal: heartbeats every {effective.watch.heartbeat_seconds} s "
             "do not fit twice in the lease"
+        )
+    if modal.start_deadline_seconds < modal.lease_ttl_seconds + 120:
+        raise ConfigError(
+            f"{config.source}: modal: start_deadline_seconds ({modal.start_deadline_seconds:g}) "
+            f"must be at least lease_ttl_seconds + 120 ({modal.lease_ttl_seconds + 120:g})"
         )
     workers: dict[str, WorkerSettings] = {}
     names: dict[str, str] = {}
@@ -217,10 +257,11 @@ def deploy_settings(config: Config) -> DeploySettings:
         volume_name=modal.volume_name,
         model_dir=MODEL_DIR,
         schedule=schedule,
-        watcher_timeout=WATCHER_TIMEOUT_S,
+        watcher_timeout=modal.watcher_timeout_seconds,
         watcher_retries=0,
         lease_ttl_seconds=effective.watch.lease_ttl_seconds,
         heartbeat_seconds=effective.watch.heartbeat_seconds,
         models=modal.models,
+        start_deadline_seconds=modal.start_deadline_seconds,
         workers=workers,
     )
