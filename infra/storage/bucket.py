@@ -7,6 +7,7 @@ All methods are async so the tick can list route prefixes in parallel.
 from __future__ import annotations
 
 import abc
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -108,6 +109,52 @@ class Bucket(abc.ABC):
     @abc.abstractmethod
     async def delete(self, key: str) -> None:
         """Delete ``key``; deleting a missing key is not an error."""
+
+    # -- built on the primitives above; backends override them where the store can do
+    # better (S3: one server-side copy, delimiter-partitioned listing, early stop) --
+
+    async def list_tree(self, prefix: str, *, concurrency: int = 16) -> Listing:
+        """The same objects as ``list(prefix)``; a backend may list sub-prefixes in parallel."""
+        return await self.list(prefix)
+
+    async def list_range(
+        self, prefix: str, *, start_after: str | None = None, end_before: str
+    ) -> Listing:
+        """Objects under ``prefix`` with ``start_after < key < end_before``.
+
+        For a time-ordered prefix (the feed) this reads only the pages up to
+        ``end_before`` where the backend can stop early.
+        """
+        listing = await self.list(prefix, start_after=start_after)
+        listing.objects = [o for o in listing.objects if o.key < end_before]
+        return listing
+
+    async def copy(self, src: str, dst: str, *, if_match: str) -> str:
+        """Copy version ``if_match`` of ``src`` to ``dst`` (created or replaced); its ETag.
+
+        Raises PreconditionFailed when ``src`` is now another version, ObjectNotFound
+        when it is gone. This default streams through a temporary file.
+        """
+        with tempfile.TemporaryDirectory(prefix="dropgpu-copy-") as tmp:
+            path = Path(tmp) / "object"
+            await self.get_to_file(src, path, if_match=if_match)
+            return await self.put_file(dst, path, content_type="application/octet-stream")
+
+    async def delete_if_match(self, key: str, etag: str) -> bool:
+        """Delete ``key`` only while it is version ``etag``; True when that version is gone.
+
+        False (nothing deleted) when another version is there now. The default checks
+        with a one-key LIST and then deletes: a version written between the two
+        requests would be lost, so backends that can make it atomic override this.
+        """
+        listing = await self.list(key)
+        current = next((o.etag for o in listing.objects if o.key == key), None)
+        if current is None:
+            return True
+        if current != etag:
+            return False
+        await self.delete(key)
+        return True
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

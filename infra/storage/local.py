@@ -378,6 +378,76 @@ class LocalFolderBucket(Bucket):
         except (FileNotFoundError, NotADirectoryError):
             return  # no such folder, so no such object
 
+    async def delete_if_match(self, key: str, etag: str) -> bool:
+        """Delete exactly version ``etag``, atomically: the only delete of an input.
+
+        The file is first renamed aside (one atomic step takes whichever version is
+        at the name), hashed, and unlinked only when it is that version; any other
+        version is linked back. A version written after the rename keeps the name.
+        """
+        self.stats.add("delete")
+        segments = validate_key(key)
+        return await self._io("delete", key, self._delete_if_match_sync, key, segments, etag)
+
+    def _delete_if_match_sync(self, key: str, segments: list[str], etag: str) -> bool:
+        name = segments[-1]
+        try:
+            with folders(self.root, segments[:-1]) as fds:
+                d = fds[-1]
+                stem = name.encode()[:100].decode("utf-8", "ignore")
+                aside = f".{stem}{TMP_MARK}{secrets.token_hex(8)}"
+                try:
+                    os.rename(name, aside, src_dir_fd=d, dst_dir_fd=d)
+                except (FileNotFoundError, NotADirectoryError):
+                    return True  # already gone
+                if self._etag_of(d, aside) == etag.strip('"'):
+                    os.unlink(aside, dir_fd=d)
+                    return True
+                try:  # not the claimed version: put it back where it was
+                    os.link(aside, name, src_dir_fd=d, dst_dir_fd=d, follow_symlinks=False)
+                    os.unlink(aside, dir_fd=d)
+                except FileExistsError:
+                    # A newer upload took the name meanwhile. Never lose a version, and
+                    # never make it a new input: it goes to the state folder, logged.
+                    kept = self.root / STATE_DIR / "kept" / f"{secrets.token_hex(4)}-{stem}"
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    os.rename(aside, kept, src_dir_fd=d)
+                    log.warning("input_version_kept_aside", key=key, kept_as=str(kept))
+                return False
+        except SymlinkInPath as e:
+            raise UnsafeKeyError(f"refusing to delete {key!r}: {e}") from e
+        except (FileNotFoundError, NotADirectoryError):
+            return True  # no such folder, so no such object
+
+    @staticmethod
+    def _etag_of(dir_fd: int, name: str) -> str | None:
+        """The MD5 of a regular file in ``dir_fd``; None for anything else (a link, a FIFO)."""
+        try:
+            fd = os.open(
+                name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+            )
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            md5 = hashlib.md5(usedforsecurity=False)
+            while chunk := f.read(_CHUNK):
+                md5.update(chunk)
+        return md5.hexdigest()
+
+    async def copy(self, src: str, dst: str, *, if_match: str) -> str:
+        """Copy through a temporary file inside the bucket folder (same filesystem)."""
+        tmp_root = self.root / STATE_DIR / "tmp"
+        await asyncio.to_thread(tmp_root.mkdir, parents=True, exist_ok=True)
+        tmp = tmp_root / f"copy-{secrets.token_hex(8)}"
+        try:
+            await self.get_to_file(src, tmp, if_match=if_match)
+            return await self.put_file(dst, tmp, content_type="application/octet-stream")
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
     async def close(self) -> None:
         return None
 

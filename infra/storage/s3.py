@@ -20,6 +20,7 @@ import hashlib
 import math
 import os
 import random
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -52,6 +53,16 @@ _MIN_PART = 5 * MiB  # S3's minimum size for every part but the last
 _MAX_PARTS = 10_000
 _MAX_KEY_BYTES = 1024
 _CREATE_CONFLICT_TRIES = 4
+
+
+@dataclass(slots=True)
+class _Pages:
+    """What the pages of one LIST call returned."""
+
+    objects: list[ObjectInfo]
+    prefixes: list[str]  # CommonPrefixes, with a Delimiter
+    requests: int
+    server_time: datetime
 
 
 def _lenient_start_after(start_after: str) -> str:
@@ -103,6 +114,7 @@ class S3Bucket(Bucket):
         multipart_threshold: int = 64 * MiB,
         part_size: int = 16 * MiB,
         max_concurrency: int = 8,
+        copy_part_threshold: int = 5 * 1024 * MiB,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         session: AioSession | None = None,
@@ -126,6 +138,8 @@ class S3Bucket(Bucket):
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         self.max_concurrency = max_concurrency
+        # Above this a copy is a multipart UploadPartCopy (CopyObject stops at 5 GiB).
+        self.copy_part_threshold = copy_part_threshold
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.stats = RequestStats()
@@ -239,14 +253,74 @@ class S3Bucket(Bucket):
     # -- Bucket API --------------------------------------------------------------
 
     async def list(self, prefix: str, *, start_after: str | None = None) -> Listing:
+        pages = await self._pages(prefix, start_after=start_after)
+        return Listing(
+            objects=pages.objects, server_time=pages.server_time, requests=pages.requests
+        )
+
+    async def list_range(
+        self, prefix: str, *, start_after: str | None = None, end_before: str
+    ) -> Listing:
+        pages = await self._pages(prefix, start_after=start_after, end_before=end_before)
+        objects = [o for o in pages.objects if o.key < end_before]
+        return Listing(objects=objects, server_time=pages.server_time, requests=pages.requests)
+
+    async def list_tree(self, prefix: str, *, concurrency: int = 16) -> Listing:
+        """``list(prefix)`` as parallel listings of its sub-prefixes, found with Delimiter.
+
+        Breadth first: each level is listed with ``Delimiter="/"``, which returns the
+        objects directly in a folder and its sub-folders, until there are at least
+        ``concurrency`` folders to list (or three levels); those are then listed whole,
+        ``concurrency`` at a time. A folder without sub-folders is complete after its
+        delimiter listing, so the LIST count stays that of a sequential scan plus
+        about one partial page per folder. A flat folder is still one sequential scan.
+        """
+        limit = asyncio.Semaphore(max(1, concurrency))
+
+        async def bounded(p: str, delimiter: str | None) -> _Pages:
+            async with limit:
+                return await self._pages(p, delimiter=delimiter)
+
+        objects: list[ObjectInfo] = []
+        requests = 0
+        times: list[datetime] = []
+        frontier = [prefix]
+        for _level in range(3):
+            if not frontier or len(frontier) >= concurrency:
+                break
+            levels = await asyncio.gather(*(bounded(p, "/") for p in frontier))
+            frontier = []
+            for pages in levels:
+                objects += pages.objects
+                requests += pages.requests
+                times.append(pages.server_time)
+                frontier += pages.prefixes
+        for pages in await asyncio.gather(*(bounded(p, None) for p in frontier)):
+            objects += pages.objects
+            requests += pages.requests
+            times.append(pages.server_time)
+        objects.sort(key=lambda o: o.key)
+        return Listing(objects=objects, server_time=min(times), requests=requests)
+
+    async def _pages(
+        self,
+        prefix: str,
+        *,
+        start_after: str | None = None,
+        delimiter: str | None = None,
+        end_before: str | None = None,
+    ) -> _Pages:
         client = await self._get_client()
         paginator = client.get_paginator("list_objects_v2")
         objects: list[ObjectInfo] = []
+        prefixes: list[str] = []
         pages = 0
         server_time: datetime | None = None
         extra: dict[str, Any] = {}
         if start_after and (safe := _lenient_start_after(start_after)):
             extra["StartAfter"] = safe
+        if delimiter:
+            extra["Delimiter"] = delimiter
         try:
             async for page in paginator.paginate(
                 Bucket=self.name, Prefix=prefix, PaginationConfig={"PageSize": 1000}, **extra
@@ -256,7 +330,8 @@ class S3Bucket(Bucket):
                 self._reached = True
                 if server_time is None:
                     server_time = _server_time(page)
-                for o in page.get("Contents", ()):
+                contents = page.get("Contents", ())
+                for o in contents:
                     objects.append(
                         ObjectInfo(
                             key=o["Key"],
@@ -265,6 +340,10 @@ class S3Bucket(Bucket):
                             last_modified=o["LastModified"].astimezone(UTC),
                         )
                     )
+                prefixes += [c["Prefix"] for c in page.get("CommonPrefixes", ()) if c.get("Prefix")]
+                # Keys come in order: once a page passes end_before, later pages cannot help.
+                if end_before is not None and contents and contents[-1]["Key"] >= end_before:
+                    break
         except Exception as e:
             self.stats.add("list")
             raise self._map_error(e, "list", prefix) from e
@@ -273,9 +352,9 @@ class S3Bucket(Bucket):
         if start_after:
             # Nor does every store honour StartAfter: enforce it here too.
             objects = [o for o in objects if o.key > start_after]
-        return Listing(
-            objects=objects, server_time=server_time or datetime.now(UTC), requests=pages
-        )
+        # A sub-folder equal to the prefix would list forever; keep only deeper ones.
+        prefixes = sorted({p for p in prefixes if p.startswith(prefix) and p != prefix})
+        return _Pages(objects, prefixes, pages, server_time or datetime.now(UTC))
 
     async def get_to_file(self, key: str, dest: Path, *, if_match: str | None = None) -> ObjectInfo:
         self._check_key(key)
@@ -493,3 +572,102 @@ class S3Bucket(Bucket):
         self._check_key(key)
         with contextlib.suppress(ObjectNotFound):
             await self._call("delete", "delete", key, "delete_object", Key=key)
+
+    async def copy(self, src: str, dst: str, *, if_match: str) -> str:
+        """A server-side copy (no bytes through this machine), guarded by CopySourceIfMatch.
+
+        Objects up to ``copy_part_threshold`` take one CopyObject (S3 allows up to 5 GiB);
+        larger ones a multipart upload of UploadPartCopy ranges, each guarded too.
+        """
+        self._check_key(src)
+        self._check_key(dst)
+        want = _unquote(if_match)
+        # HEAD with If-Match: the size picks the copy method, and a store that ignores
+        # CopySourceIfMatch still cannot copy a newer version unnoticed.
+        head = await self._call("head", "head", src, "head_object", Key=src, IfMatch=f'"{want}"')
+        if _unquote(head.get("ETag", "")) != want:
+            raise PreconditionFailed(f"copy {src!r} in {self.url}: it is no longer {want}")
+        size = int(head.get("ContentLength", 0))
+        source = {"Bucket": self.name, "Key": src}
+        if size <= self.copy_part_threshold:
+            resp = await self._call(
+                "copy",
+                "copy",
+                src,
+                "copy_object",
+                Key=dst,
+                CopySource=source,
+                CopySourceIfMatch=f'"{want}"',
+                MetadataDirective="COPY",
+            )
+            return _unquote(resp.get("CopyObjectResult", {}).get("ETag", ""))
+        return await self._copy_multipart(src, dst, want, size, source)
+
+    async def _copy_multipart(
+        self, src: str, dst: str, want: str, size: int, source: dict[str, str]
+    ) -> str:
+        part_size = max(self.part_size, math.ceil(math.ceil(size / _MAX_PARTS) / MiB) * MiB)
+        n_parts = max(1, math.ceil(size / part_size))
+        resp = await self._call(
+            "multipart", "create multipart upload", dst, "create_multipart_upload", Key=dst
+        )
+        upload_id = resp["UploadId"]
+        limit = asyncio.Semaphore(self.max_concurrency)
+
+        async def part(number: int) -> dict[str, Any]:
+            first = (number - 1) * part_size
+            last = min(size, first + part_size) - 1
+            async with limit:
+                r = await self._call(
+                    "copy",
+                    f"copy part {number}/{n_parts} of",
+                    src,
+                    "upload_part_copy",
+                    Key=dst,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    CopySource=source,
+                    CopySourceIfMatch=f'"{want}"',
+                    CopySourceRange=f"bytes={first}-{last}",
+                )
+            return {"PartNumber": number, "ETag": r["CopyPartResult"]["ETag"]}
+
+        try:
+            parts = await asyncio.gather(*(part(n) for n in range(1, n_parts + 1)))
+            done = await self._call(
+                "multipart",
+                "complete multipart upload",
+                dst,
+                "complete_multipart_upload",
+                Key=dst,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": sorted(parts, key=lambda p: p["PartNumber"])},
+            )
+        except BaseException:
+            await self._abort_multipart(dst, upload_id)
+            raise
+        return _unquote(done.get("ETag", ""))
+
+    async def delete_if_match(self, key: str, etag: str) -> bool:
+        """Check the ETag with a one-key LIST, then DeleteObject with If-Match.
+
+        AWS S3 honours If-Match on DeleteObject (412 when another version is there);
+        a store that ignores the header leaves the gap between the LIST and the
+        DELETE (docs/operations.md, "after_success").
+        """
+        self._check_key(key)
+        listing = await self.list(key)
+        current = next((o.etag for o in listing.objects if o.key == key), None)
+        if current is None:
+            return True
+        if current != _unquote(etag):
+            return False
+        try:
+            await self._call(
+                "delete", "delete", key, "delete_object", Key=key, IfMatch=f'"{current}"'
+            )
+        except PreconditionFailed:
+            return False
+        except ObjectNotFound:
+            return True
+        return True
