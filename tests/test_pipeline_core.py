@@ -254,8 +254,8 @@ class FlakyUploads(Bucket):
             raise TransientStorageError(f"injected 503 SlowDown on {key}")
         return await self.inner.put_file(key, src, content_type=content_type)
 
-    async def list(self, prefix):  # type: ignore[no-untyped-def]
-        return await self.inner.list(prefix)
+    async def list(self, prefix, *, start_after=None):  # type: ignore[no-untyped-def]
+        return await self.inner.list(prefix, start_after=start_after)
 
     async def get_to_file(self, key, dest, *, if_match=None):  # type: ignore[no-untyped-def]
         return await self.inner.get_to_file(key, dest, if_match=if_match)

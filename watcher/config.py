@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -58,6 +58,11 @@ class RouteConfig(BaseModel):
     max_containers: int | None = Field(default=None, ge=1, le=1_000)
     scaledown_window_seconds: int | None = Field(default=None, ge=2, le=3_600)
     modal_image: ModalImage | None = None
+    # What happens to an input once its job succeeded and its manifest is written
+    # (handlers/jobs/after_success.py): kept (default), deleted, or moved (server-side
+    # copy, then delete) to <archive_prefix><route>/<rel>. Failed inputs always stay.
+    after_success: Literal["keep", "delete", "archive"] = "keep"
+    archive_prefix: str = "archive/"
 
     @field_validator("gpu")
     @classmethod
@@ -83,6 +88,18 @@ class RouteConfig(BaseModel):
         # Route names become key prefixes: no '/', '..', '\\' or control chars.
         if not ROUTE_NAME.fullmatch(v):
             raise ValueError("must match [a-z0-9][a-z0-9_-]* (max 63 chars)")
+        return v
+
+    @field_validator("archive_prefix")
+    @classmethod
+    def _archive_prefix_is_a_folder(cls, v: str) -> str:
+        # Never inside inputs/ (an archived file would be a new job), outputs/ or _dropgpu/.
+        if not v.endswith("/") or v.startswith(("/", "_dropgpu", "inputs/", "outputs/")):
+            raise ValueError(
+                f"{v!r}: a folder like 'archive/' outside inputs/, outputs/, _dropgpu/"
+            )
+        if ".." in v.split("/") or any(not c.isprintable() for c in v) or "//" in v:
+            raise ValueError(f"{v!r}: no '..' or empty segments, no control characters")
         return v
 
     @field_validator("source_prefixes")
@@ -155,6 +172,21 @@ class WatchSettings(BaseModel):
     backoff_base_seconds: float = Field(default=30.0, ge=0, le=86_400)
     backoff_max_seconds: float = Field(default=900.0, ge=0, le=86_400)
     scratch_dir: Path | None = None
+    # The done index (watcher/done_index.py): a tick reads one compact index per route
+    # plus the feed since it, instead of listing every done marker ever written.
+    # false: list _dropgpu/done/ every tick (the behaviour before the index).
+    done_index: bool = True
+    # A new index generation is written once this many jobs finished since the last
+    # one, or once it is this old and anything changed.
+    index_compact_records: int = Field(default=500, ge=1, le=100_000)
+    index_compact_seconds: float = Field(default=300.0, ge=0, le=86_400)
+    # State (done markers, failure records, claim leftovers) of an input version gone
+    # from inputs/ this long is collected on after_success="keep" routes.
+    state_grace_seconds: float = Field(default=86_400.0, ge=60, le=365 * 86_400)
+    # Feed records older than this are deleted; None keeps them forever.
+    feed_retention_days: float | None = Field(default=30.0, ge=1, le=3_650)
+    # Sub-prefixes of one route listed at once (S3; a folder bucket walks its tree).
+    list_concurrency: int = Field(default=16, ge=1, le=256)
 
     @model_validator(mode="after")
     def _heartbeat_fits_in_lease(self) -> WatchSettings:

@@ -1,8 +1,11 @@
 """What the bucket says about every job, from LISTs alone (DESIGN §4.1-2).
 
-One snapshot = one paginated LIST per route prefix (in parallel), one of
-_dropgpu/done/ and one of _dropgpu/claims/. No per-object HEAD or GET: every
-fact the tick needs to decide is in key names and LastModified.
+One snapshot = one LIST of _dropgpu/claims/, then in parallel: each route's
+inputs (sub-prefixes listed concurrently, ``Bucket.list_tree``) and what finished:
+the done index plus the feed since it (watcher/done_index.py; one LIST each and a
+GET of a new index generation), or with ``done_index = false`` every done marker.
+No per-object HEAD or GET: every fact the tick needs to decide is in key names and
+LastModified.
 
 This is the one reader of the claim protocol (its writer: handlers/jobs/claims.py).
 ``take_snapshot`` does the listing; ``build_snapshot`` and ``classify`` are pure.
@@ -31,6 +34,7 @@ from handlers.jobs.claims import DISPATCHED_PHASE
 from infra.storage.bucket import Bucket, Listing, ObjectInfo, SkippedEntry
 from infra.storage.errors import BucketError
 from watcher.config import Config, RouteConfig
+from watcher.done_index import DoneReading, DoneView, RouteDone, read_done
 from watcher.ignore import ignore_reason
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
@@ -48,6 +52,8 @@ class AttemptState:
 @dataclass(slots=True)
 class JobClaims:
     attempts: dict[int, AttemptState] = field(default_factory=dict)
+    # `dropgpu retry` asked for a new run: the done index's "done" no longer counts.
+    reset: ObjectInfo | None = None
 
     def attempt(self, n: int) -> AttemptState:
         return self.attempts.setdefault(n, AttemptState(n))
@@ -69,55 +75,90 @@ class JobClaims:
 class Snapshot:
     server_time: datetime
     inputs: dict[str, list[ObjectInfo]]  # route name -> listed objects
-    done: set[str]  # job ids
+    done: DoneView  # ``job_id in done``: finished (watcher/done_index.py)
     failed: set[str]  # job ids whose final manifest is a failure
     claims: dict[str, JobClaims]  # job id -> attempts
     requests: int
     # Route name -> entries under its prefix that can never be objects (a folder bucket's
     # odd names, symlinks, FIFOs, unreadable folders); never jobs, shown by status.
     skipped: dict[str, list[SkippedEntry]] = field(default_factory=dict)
+    # Route name -> what its done index said (empty when done markers were listed).
+    done_routes: dict[str, RouteDone] = field(default_factory=dict)
+    # Job id -> its claim-family objects as listed (for state collection).
+    claim_objects: dict[str, list[ObjectInfo]] = field(default_factory=dict)
 
 
 async def take_snapshot(bucket: Bucket, config: Config, *, with_failed: bool = False) -> Snapshot:
     routes = config.enabled_routes()
-    # Claims are listed BEFORE done markers, never concurrently: a commit creates
-    # the done marker and then deletes the claims, so a job whose claims are gone
-    # from this listing already has its marker in the next. In parallel, a commit
-    # landing between the two reads made a finished job look new (no marker, no
-    # claim) and it was claimed and run again (fenced, but the handler ran twice).
+    settings = config.watch
+    # Claims are listed BEFORE done markers (or the done index and the feed), never
+    # concurrently: a commit creates the done marker, writes its feed record and then
+    # deletes the claims, so a job whose claims are gone from this listing is already
+    # done in the next read. In parallel, a commit landing between the two reads made
+    # a finished job look new (no marker, no claim) and it was claimed and run again
+    # (fenced, but the handler ran twice).
     claims_listing = await bucket.list(CLAIMS)
-    prefixes = [r.prefix for r in routes] + [DONE] + ([FAILED] if with_failed else [])
-    listings: list[Listing] = await asyncio.gather(*(bucket.list(p) for p in prefixes))
+    inputs_f = asyncio.gather(
+        *(bucket.list_tree(r.prefix, concurrency=settings.list_concurrency) for r in routes)
+    )
+    failed_f = bucket.list(FAILED) if with_failed else None
+    if settings.done_index:
+        reading = await read_done(bucket, [r.name for r in routes])
+        done_listing = None
+    else:
+        reading, done_listing = None, await bucket.list(DONE)
+    inputs: list[Listing] = await inputs_f
+    failed = await failed_f if failed_f is not None else None
     return build_snapshot(
-        {r.name: listing for r, listing in zip(routes, listings[: len(routes)], strict=True)},
-        done=listings[len(routes)],
+        {r.name: listing for r, listing in zip(routes, inputs, strict=True)},
+        done=done_listing,
         claims=claims_listing,
-        failed=listings[len(routes) + 1] if with_failed else None,
+        failed=failed,
+        reading=reading,
     )
 
 
 def build_snapshot(
     inputs: Mapping[str, Listing],
     *,
-    done: Listing,
+    done: Listing | None,
     claims: Listing,
     failed: Listing | None = None,
+    reading: DoneReading | None = None,
 ) -> Snapshot:
     """The snapshot these listings describe: route name -> its input listing, and the
-    listings of _dropgpu/done/, _dropgpu/claims/ and (for status) _dropgpu/failed/.
+    listings of _dropgpu/done/ (or, with the done index, ``reading``), _dropgpu/claims/
+    and (for status) _dropgpu/failed/.
 
     Pure: no I/O, so every state can be built from ObjectInfo lists in a test.
     """
-    listings = [*inputs.values(), done, claims, *([failed] if failed is not None else [])]
+    listings = [*inputs.values(), claims, *(x for x in (done, failed) if x is not None)]
+    times = [listing.server_time for listing in listings]
+    requests = sum(listing.requests for listing in listings)
+    if reading is not None:
+        view, times, requests = (
+            reading.view,
+            times + reading.server_times,
+            requests + reading.requests,
+        )
+    else:
+        assert done is not None, "either a done listing or a done index reading"
+        view = DoneView(listed={o.key[len(DONE) :] for o in done.objects}, exhaustive=True)
+    by_job: dict[str, list[ObjectInfo]] = defaultdict(list)
+    for obj in claims.objects:
+        if (parsed := parse_claim_key(obj.key)) is not None:
+            by_job[parsed.job_id].append(obj)
     return Snapshot(
         # The oldest server clock reading is the safe one for "is it stale yet".
-        server_time=min(listing.server_time for listing in listings),
+        server_time=min(times),
         inputs={name: listing.objects for name, listing in inputs.items()},
-        done={o.key[len(DONE) :] for o in done.objects},
+        done=view,
         failed={o.key[len(FAILED) :] for o in failed.objects} if failed is not None else set(),
         claims=parse_claims(claims.objects),
-        requests=sum(listing.requests for listing in listings),
+        requests=requests,
         skipped={name: list(listing.skipped) for name, listing in inputs.items()},
+        done_routes=reading.routes if reading is not None else {},
+        claim_objects=dict(by_job),
     )
 
 
@@ -149,6 +190,9 @@ def parse_claims(objects: Iterable[ObjectInfo]) -> dict[str, JobClaims]:
     for obj in objects:
         parsed = parse_claim_key(obj.key)
         if parsed is None:
+            continue
+        if parsed.kind == ClaimKind.RESET:
+            claims[parsed.job_id].reset = obj
             continue
         state = claims[parsed.job_id].attempt(parsed.attempt)
         if parsed.kind == ClaimKind.CLAIM:
@@ -188,6 +232,13 @@ class Decision:
     claims: JobClaims | None = None
 
 
+def is_done(snapshot: Snapshot, job_id: str, job_claims: JobClaims | None) -> bool:
+    """Finished, unless `dropgpu retry` reset it since the done index was written."""
+    if job_claims is not None and job_claims.reset is not None:
+        return snapshot.done.listed_as_done(job_id)
+    return job_id in snapshot.done
+
+
 def _age_s(snapshot: Snapshot, obj: ObjectInfo) -> float:
     return (snapshot.server_time - obj.last_modified).total_seconds()
 
@@ -207,7 +258,7 @@ def classify(
         return Decision(DecisionState.IGNORED, obj=obj, detail=why)
     ref = JobRef(route.name, rel, obj.etag)
     job_claims = snapshot.claims.get(ref.job_id)
-    if ref.job_id in snapshot.done:
+    if is_done(snapshot, ref.job_id, job_claims):
         live = job_claims.claim_objects() if job_claims else []
         if live and all(_age_s(snapshot, c) > lease_ttl_seconds for c in live):
             return Decision(DecisionState.REPAIR, ref, obj, claims=job_claims)
@@ -283,7 +334,9 @@ async def dispatched_jobs(
     candidates: list[tuple[str, str]] = []
     for job_id, job_claims in snapshot.claims.items():
         newest = job_claims.newest
-        if newest is None or newest.claim is None or newest.released or job_id in snapshot.done:
+        if newest is None or newest.claim is None or newest.released:
+            continue
+        if is_done(snapshot, job_id, job_claims):
             continue
         if newest.failed_retry_at_ms is not None:
             continue

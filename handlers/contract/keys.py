@@ -21,6 +21,8 @@ INTERNAL = "_dropgpu/"
 CLAIMS = f"{INTERNAL}claims/"
 DONE = f"{INTERNAL}done/"
 FAILED = f"{INTERNAL}failed/"
+# The per-route done index (watcher/done_index.py): <route>/<generation>.json.gz.
+INDEX = f"{INTERNAL}index/"
 MANIFEST_NAME = "manifest.json"
 MAX_KEY_BYTES = 1024
 # Output names are [A-Za-z0-9][A-Za-z0-9._-]{0,39} (the runner checks them).
@@ -33,6 +35,7 @@ _MAX_READABLE_JOB_BYTES = 600
 _MAX_SEGMENT_BYTES = 255
 _SAFE_ETAG = re.compile(r"^[A-Za-z0-9-]{1,100}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_RESET_NAME = "reset"
 _CLAIM_NAME = re.compile(r"^attempt-(\d{1,6})(?:\.(failed)-(\d{1,16})|\.(released))?$")
 
 
@@ -92,7 +95,7 @@ class JobRef:
     @property
     def job_hash(self) -> str:
         """Stable short hash used for scratch directory names (never key text)."""
-        return hashlib.sha256(self.job_id.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+        return job_hash_of(self.job_id)
 
     @property
     def output_prefix(self) -> str:
@@ -141,6 +144,11 @@ class JobRef:
     def released_key(self, attempt: int) -> str:
         return f"{self.claims_prefix}attempt-{attempt}.released"
 
+    @property
+    def reset_key(self) -> str:
+        """Written by ``dropgpu retry``: run again although the done index lists the job."""
+        return f"{self.claims_prefix}{_RESET_NAME}"
+
 
 class ClaimKind(StrEnum):
     """What a key under ``_dropgpu/claims/<job id>/`` records about one attempt."""
@@ -148,6 +156,7 @@ class ClaimKind(StrEnum):
     CLAIM = "claim"  # attempt-n: the claim, rewritten by the lease's heartbeats
     FAILED = "failed"  # attempt-n.failed-<retry at, ms>: a transient failure, retry then
     RELEASED = "released"  # attempt-n.released: given back unfinished; does not use a try
+    RESET = "reset"  # reset: `dropgpu retry` asked for a new run (outranks the done index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +173,8 @@ def parse_claim_key(key: str) -> ClaimKey | None:
     if not key.startswith(CLAIMS):
         return None
     job_id, sep, name = key[len(CLAIMS) :].rpartition("/")
+    if sep and name == _RESET_NAME:
+        return ClaimKey(job_id, 0, ClaimKind.RESET)
     m = _CLAIM_NAME.fullmatch(name)
     if not sep or not m:
         return None
@@ -254,3 +265,29 @@ def feed_start_key(ts: datetime) -> str:
 def webhook_record_key(ref: JobRef) -> str:
     """Where the delivery record of a job's webhook is written."""
     return f"{WEBHOOKS}{ref.job_id}.json"
+
+
+# -- the done index -----------------------------------------------------------------
+
+_INDEX_NAME = re.compile(r"^([0-9]{12})\.json\.gz$")
+
+
+def index_key(route: str, generation: int) -> str:
+    """``_dropgpu/index/<route>/<generation, 12 digits>.json.gz``: key order is age order."""
+    return f"{INDEX}{route}/{generation:012d}.json.gz"
+
+
+def parse_index_key(key: str) -> tuple[str, int] | None:
+    """(route, generation) of an index key; None for anything else."""
+    if not key.startswith(INDEX):
+        return None
+    route, sep, name = key[len(INDEX) :].partition("/")
+    m = _INDEX_NAME.fullmatch(name)
+    if not sep or not route or not m:
+        return None
+    return route, int(m.group(1))
+
+
+def job_hash_of(job_id: str) -> str:
+    """:attr:`JobRef.job_hash` from a job id alone (feed keys carry only the hash)."""
+    return hashlib.sha256(job_id.encode("utf-8", "surrogatepass")).hexdigest()[:24]

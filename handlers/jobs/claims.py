@@ -174,9 +174,17 @@ async def delete_claims(bucket: Bucket, ref: JobRef) -> None:
 async def reset_job(bucket: Bucket, ref: JobRef) -> None:
     """Make a finished job claimable again (``dropgpu retry``). Raises BucketError.
 
-    Claims and the failed index go first, the done marker last: until it is
-    gone no watcher starts the job, so a reset cut short leaves it finished.
+    The reset marker goes first: the done index (watcher/done_index.py) keeps
+    listing the job as done, and only this marker tells a tick to run it again.
+    Then the other claims and the failed index, the done marker last: until it is
+    gone no watcher starts the job, so a reset cut short leaves it finished (and
+    `dropgpu retry` can simply be run again). The next commit deletes the marker.
     """
-    await delete_claims(bucket, ref)
+    body = claim_body(reset_at=iso(utc_now()))
+    await with_storage_retries(lambda: bucket.put_bytes(ref.reset_key, body))
+    listing = await with_storage_retries(lambda: bucket.list(ref.claims_prefix))
+    for obj in listing.objects:
+        if obj.key != ref.reset_key:
+            await with_storage_retries(lambda key=obj.key: bucket.delete(key))
     await with_storage_retries(lambda: bucket.delete(ref.failed_index_key))
     await with_storage_retries(lambda: bucket.delete(ref.done_key))

@@ -26,6 +26,7 @@ from handlers.contract.manifest import (
     utc_now,
 )
 from handlers.exceptions import HandlerConfigError
+from handlers.jobs.after_success import manifest_record
 from handlers.jobs.spec import JobSpec
 from handlers.protocol import HandlerResult
 from handlers.registry import get_handler
@@ -33,7 +34,9 @@ from infra.text import one_line
 from infra.version import dropgpu_version
 
 # Fields of the manifest's ``input`` the runner owns; a handler's media facts cannot override them.
-_RESERVED_INPUT_FIELDS = ("key", "etag", "size", "content_type", "last_modified", "sources")
+_RESERVED_INPUT_FIELDS = (
+    "key", "etag", "size", "content_type", "last_modified", "sources", "after_success",
+)  # fmt: skip
 
 
 def build_manifest(
@@ -56,6 +59,9 @@ def build_manifest(
         media.pop(reserved, None)
     if sources:  # a job file's media as downloaded (DESIGN §10)
         media["sources"] = [SourceInfo(**s).model_dump() for s in sources]
+    planned = manifest_record(job.ref, job.after_success, job.archive_prefix)
+    if status == "succeeded" and planned is not None:
+        media["after_success"] = planned
     runtime: dict[str, Any] = dict(result.runtime) if result else {}
     return Manifest(
         status=status,

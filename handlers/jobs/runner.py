@@ -43,6 +43,7 @@ from gpu.device import DeviceInfo
 from handlers.contract.keys import MAX_KEY_BYTES, unsafe_rel_reason
 from handlers.contract.manifest import ErrorKind, Manifest, OutputInfo, RuntimeInfo, utc_now
 from handlers.exceptions import HandlerConfigError, InputError, TransientError
+from handlers.jobs.after_success import apply_after_success
 from handlers.jobs.claims import defer_claim, drop_claim
 from handlers.jobs.commit import commit, current_etag, discard_outputs
 from handlers.jobs.failures import record_transient_failure
@@ -559,6 +560,9 @@ class JobRunner:
             manifest=job.ref.manifest_key,
             process_s=manifest.timings.process_s,
         )
+        if not failed:
+            # Only now: the manifest is written (or deliberately skipped), the job is done.
+            await apply_after_success(self.bucket, job.ref, job.after_success, job.archive_prefix)
         message = manifest.error.message if manifest.error else ""
         return JobOutcome(JobStatus(manifest.status), message, job.ref.manifest_key, handler_ran)
 

@@ -45,6 +45,9 @@ class JobSpec:
     # file's LastModified), and the key prefixes sources may come from.
     sources_wait_seconds: float = 900.0
     source_prefixes: tuple[str, ...] = ("inputs/", "sources/", "outputs/")
+    # handlers/jobs/after_success.py: "keep" | "delete" | "archive", after a success.
+    after_success: str = "keep"
+    archive_prefix: str = "archive/"
 
     @property
     def ref(self) -> JobRef:
