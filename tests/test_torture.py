@@ -39,6 +39,9 @@ from tests.pipeline_helpers import COUNTING, REPO, cli_env, read_manifest
 
 log = structlog.get_logger(__name__)
 ROUTE = "count"
+# The second route archives its inputs after success (after_success = "archive").
+ARCHIVE_ROUTE = "countarc"
+ROUTES = (ROUTE, ARCHIVE_ROUTE)
 
 
 @dataclass
@@ -55,6 +58,8 @@ class TortureSettings:
     kill_every_s: tuple[float, float] = (0.5, 2.0)
     group_kill_share: float = 0.25  # of kills, the share that take a whole watcher group
     seed: int = 1
+    # A new done index generation every few completions: compaction races all the time.
+    index_compact_records: int = 5
 
 
 @dataclass
@@ -96,6 +101,8 @@ backoff_base_seconds = 0.2
 backoff_max_seconds = 1
 interval_seconds = 0.5
 max_claims_per_tick = 16
+index_compact_records = {s.index_compact_records}
+index_compact_seconds = 1
 
 [routes.vertical]
 enabled = false
@@ -104,6 +111,13 @@ enabled = false
 handler = "{COUNTING}"
 settle_seconds = 0
 max_attempts = {s.max_attempts}
+params = {{ counter_dir = "{counter}", sleep_s = {s.sleep_s} }}
+
+[routes.{ARCHIVE_ROUTE}]
+handler = "{COUNTING}"
+settle_seconds = 0
+max_attempts = {s.max_attempts}
+after_success = "archive"
 params = {{ counter_dir = "{counter}", sleep_s = {s.sleep_s} }}
 """
     )
@@ -189,7 +203,9 @@ class Watchers:
 
 async def _drop_inputs(bucket: S3Bucket, n: int, rng: random.Random) -> dict[str, bytes]:
     inputs = {
-        f"inputs/{ROUTE}/t{i // 50:02d}/in-{i:04d}.bin": f"torture {i} {rng.random()}".encode()
+        f"inputs/{ROUTES[i % 2]}/t{i // 50:02d}/in-{i:04d}.bin": (
+            f"torture {i} {rng.random()}".encode()
+        )
         for i in range(n)
     }
     limit = asyncio.Semaphore(16)
@@ -203,8 +219,16 @@ async def _drop_inputs(bucket: S3Bucket, n: int, rng: random.Random) -> dict[str
 
 
 async def _manifest_count(bucket: S3Bucket) -> int:
-    listing = await bucket.list(f"outputs/{ROUTE}/")
-    return sum(1 for o in listing.objects if o.key.endswith("/manifest.json"))
+    n = 0
+    for route in ROUTES:
+        listing = await bucket.list(f"outputs/{route}/")
+        n += sum(1 for o in listing.objects if o.key.endswith("/manifest.json"))
+    return n
+
+
+def _output_key(input_key: str) -> str:
+    route, rel = input_key[len("inputs/") :].split("/", 1)
+    return f"outputs/{route}/{rel}/manifest.json"
 
 
 async def _check(
@@ -212,14 +236,17 @@ async def _check(
 ) -> None:
     v = report.violations
     manifests = {
-        o.key for o in (await bucket.list(f"outputs/{ROUTE}/")).objects if o.key.endswith(".json")
+        o.key
+        for route in ROUTES
+        for o in (await bucket.list(f"outputs/{route}/")).objects
+        if o.key.endswith(".json")
     }
-    expected = {f"outputs/{ROUTE}/{k[len(f'inputs/{ROUTE}/') :]}/manifest.json" for k in inputs}
+    expected = {_output_key(k) for k in inputs}
     if manifests != expected:
         v.append(f"manifest keys differ: missing {len(expected - manifests)}, ")
         v[-1] += f"extra {len(manifests - expected)}"
     for key, body in inputs.items():
-        mkey = f"outputs/{ROUTE}/{key[len(f'inputs/{ROUTE}/') :]}/manifest.json"
+        mkey = _output_key(key)
         if mkey not in manifests:
             continue
         try:
@@ -237,12 +264,25 @@ async def _check(
             v.append(f"{key}: manifest etag {m['input']['etag']} is not the input's")
         if not 1 <= runs <= m["attempts"]:
             v.append(f"{key}: handler ran {runs} times in {m['attempts']} attempts")
+    kept = {k: b for k, b in inputs.items() if k.startswith(f"inputs/{ROUTE}/")}
     listed = {o.key: o for o in (await bucket.list(f"inputs/{ROUTE}/")).objects}
-    if set(listed) != set(inputs):
+    if set(listed) != set(kept):
         v.append("the set of input keys changed")
-    for key, body in inputs.items():
+    for key, body in kept.items():
         if key in listed and (await bucket.get_bytes(key)) != body:
             v.append(f"{key}: input bytes changed")
+    # The archive route: every input moved, byte for byte, none left behind.
+    if (await bucket.list(f"inputs/{ARCHIVE_ROUTE}/")).objects:
+        v.append(f"inputs left under inputs/{ARCHIVE_ROUTE}/ after archiving")
+    for key, body in inputs.items():
+        if key.startswith(f"inputs/{ARCHIVE_ROUTE}/"):
+            try:
+                archived = await bucket.get_bytes(f"archive/{key[len('inputs/') :]}")
+            except Exception as e:  # report all violations, not the first
+                v.append(f"{key}: not archived: {type(e).__name__}")
+                continue
+            if archived != body:
+                v.append(f"{key}: archived bytes differ")
     done = (await bucket.list("_dropgpu/done/")).objects
     if len(done) != len(inputs):
         v.append(f"{len(done)} done markers for {len(inputs)} inputs")
@@ -287,7 +327,9 @@ def run_torture(
 
         async def progress() -> int:
             async with S3Bucket(bucket_name, endpoint_url=server.endpoint_url) as b:
-                return await _manifest_count(b)
+                # Finished means archived too: an input still there is not done yet.
+                left = len((await b.list(f"inputs/{ARCHIVE_ROUTE}/")).objects)
+                return await _manifest_count(b) - left
 
         deadline = t0 + s.deadline_s
         chaos_until = t0 + s.chaos_s
