@@ -164,7 +164,11 @@ async def collect_status(
         for (route, input_key, _), fields in zip(out.running_claims, heartbeats, strict=True):
             out.routes[route].running_jobs.append({"key": input_key, **fields})
     if cost:
-        await _add_costs(bucket, out.routes, snapshot.done)
+        # Costs read every done marker (one GET each), so the marker listing is the
+        # exact list of them: the index knows jobs finished since its last compaction
+        # only by hash.
+        listing = await bucket.list(DONE)
+        await _add_costs(bucket, out.routes, {o.key[len(DONE) :] for o in listing.objects})
     return out.routes
 
 

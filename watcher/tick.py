@@ -282,6 +282,8 @@ async def run_tick(
                     log.warning("claim_failed", error=str(res))
                 elif isinstance(res, IndexMiss):
                     report.index_misses += 1
+                    report.states[DecisionState.CLAIMABLE] -= 1  # it is done after all
+                    report.states[DecisionState.DONE] += 1
                     misses.setdefault(d.ref.route, {})[d.ref.job_id] = res.failed
                     report.repaired += await _after_index_miss(bucket, d)
                 elif res is None:
