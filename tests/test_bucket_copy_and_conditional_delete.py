@@ -118,7 +118,9 @@ def test_list_tree_lists_what_list_lists(bucket: Bucket) -> None:
         for c in range(2)
         for i in range(3)
     ]
-    keys += ["inputs/r/top.mp4", "inputs/r/day-1/loose.mp4"]
+    # Names that sort between a folder and its neighbours ("day-1 (copy)/" < "day-1/").
+    keys += ["inputs/r/top.mp4", "inputs/r/day-1/loose.mp4", "inputs/r/day-1 (copy)/x.mp4"]
+    keys += ["inputs/r/day-1.mp4"]
 
     async def scenario() -> None:
         await asyncio.gather(*(bucket.put_bytes(k, k.encode()) for k in keys))
@@ -126,6 +128,15 @@ def test_list_tree_lists_what_list_lists(bucket: Bucket) -> None:
         tree = await bucket.list_tree("inputs/r/", concurrency=4)
         assert [o.key for o in tree.objects] == [o.key for o in whole.objects] == sorted(keys)
         assert [o.etag for o in tree.objects] == [o.etag for o in whole.objects]
+        # At most one partial page more per range (4) plus the delimiter page.
+        assert tree.requests <= whole.requests + 4 + 1
+        # Many folders: still one range per worker, not one LIST per folder.
+        many = await bucket.list_tree("inputs/r/", concurrency=2)
+        assert [o.key for o in many.objects] == sorted(keys)
+        assert many.requests <= whole.requests + 2 + 1
+        # A single sub-folder is descended into.
+        deep = await bucket.list_tree("inputs/r/day-2/", concurrency=4)
+        assert [o.key for o in deep.objects] == sorted(k for k in keys if "/day-2/" in k)
 
     run(bucket, scenario())
 

@@ -266,39 +266,51 @@ class S3Bucket(Bucket):
         return Listing(objects=objects, server_time=pages.server_time, requests=pages.requests)
 
     async def list_tree(self, prefix: str, *, concurrency: int = 16) -> Listing:
-        """``list(prefix)`` as parallel listings of its sub-prefixes, found with Delimiter.
+        """``list(prefix)`` as up to ``concurrency`` key ranges listed in parallel.
 
-        Breadth first: each level is listed with ``Delimiter="/"``, which returns the
-        objects directly in a folder and its sub-folders, until there are at least
-        ``concurrency`` folders to list (or three levels); those are then listed whole,
-        ``concurrency`` at a time. A folder without sub-folders is complete after its
-        delimiter listing, so the LIST count stays that of a sequential scan plus
-        about one partial page per folder. A flat folder is still one sequential scan.
+        One ``Delimiter="/"`` listing finds the objects directly under ``prefix`` and
+        its sub-folders (a single sub-folder is descended into, up to three levels).
+        The sub-folders are cut into ``concurrency`` contiguous key ranges, each
+        listed with StartAfter at its first folder and stopped at the next range's
+        (``_pages(end_before=)``). So the LIST count is that of a sequential scan
+        plus at most one partial page per range and the delimiter pages, however
+        many or small the folders are; a flat folder is one sequential scan.
         """
-        limit = asyncio.Semaphore(max(1, concurrency))
-
-        async def bounded(p: str, delimiter: str | None) -> _Pages:
-            async with limit:
-                return await self._pages(p, delimiter=delimiter)
-
         objects: list[ObjectInfo] = []
         requests = 0
         times: list[datetime] = []
-        frontier = [prefix]
+        base, folders = prefix, []
         for _level in range(3):
-            if not frontier or len(frontier) >= concurrency:
+            top = await self._pages(base, delimiter="/")
+            objects += top.objects
+            requests += top.requests
+            times.append(top.server_time)
+            folders = top.prefixes
+            if len(folders) != 1:
                 break
-            levels = await asyncio.gather(*(bounded(p, "/") for p in frontier))
-            frontier = []
-            for pages in levels:
-                objects += pages.objects
+            base = folders[0]
+        if folders:
+            k = max(1, min(concurrency, len(folders)))
+            firsts = [folders[i * len(folders) // k] for i in range(k)]
+            bounds = [*firsts[1:], None]
+            ranges = await asyncio.gather(
+                *(
+                    self._pages(base, start_after=first[:-1], end_before=end)
+                    for first, end in zip(firsts, bounds, strict=True)
+                )
+            )
+            seen = {o.key for o in objects}
+            for i, pages in enumerate(ranges):
                 requests += pages.requests
                 times.append(pages.server_time)
-                frontier += pages.prefixes
-        for pages in await asyncio.gather(*(bounded(p, None) for p in frontier)):
-            objects += pages.objects
-            requests += pages.requests
-            times.append(pages.server_time)
+                end = bounds[i]
+                for o in pages.objects:
+                    # Only keys inside this range's folders: direct objects came above.
+                    in_folder = "/" in o.key[len(base) :]
+                    inside = o.key >= firsts[i] and (end is None or o.key < end)
+                    if in_folder and inside and o.key not in seen:
+                        seen.add(o.key)
+                        objects.append(o)
         objects.sort(key=lambda o: o.key)
         return Listing(objects=objects, server_time=min(times), requests=requests)
 
