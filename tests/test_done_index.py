@@ -363,3 +363,32 @@ def test_index_body_is_deterministic_and_validated() -> None:
             continue
         raise AssertionError("decoded a bad index")
     assert Counter(json.loads(gzip.decompress(body))["done"]) == Counter(sorted(index.done))
+
+
+def test_no_state_is_collected_from_an_incomplete_listing(tmp_path: Path) -> None:
+    from infra.storage.local import LocalFolderBucket
+
+    root = tmp_path / "bucket"
+    (root / "inputs" / "count").mkdir(parents=True)
+    bucket = LocalFolderBucket(root)
+    config = config_for(tmp_path)
+
+    async def tick_at(days: float) -> Any:
+        snapshot = await take_snapshot(bucket, config)
+        snapshot.server_time += timedelta(days=days)
+        return await run_tick(bucket, config, lambda spec: None, snapshot=snapshot)
+
+    async def scenario() -> None:
+        await put_bytes(bucket, "inputs/count/gone.bin", b"gone")
+        await finish_all(bucket, config, tmp_path)
+        (root / "inputs" / "count" / "gone.bin").unlink()
+        # A symlink the walk skips: the listing is not the whole story.
+        (root / "inputs" / "count" / "link.bin").symlink_to("/etc/hostname")
+        for days in (0.6, 2, 4):
+            assert (await tick_at(days)).collected == 0
+        assert len(await keys_under(bucket, DONE)) == 1
+        (root / "inputs" / "count" / "link.bin").unlink()
+        await tick_at(4.6)
+        assert (await tick_at(6)).collected == 1
+
+    run(bucket, scenario())

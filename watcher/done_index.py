@@ -108,7 +108,9 @@ class DoneIndex:
             "folded": sorted(self.folded),
             "writer": self.writer,
         }
-        return gzip.compress(json.dumps(body, separators=(",", ":")).encode(), mtime=0)
+        # Level 6: a 1M-job index compresses several times faster than at 9, ~5% larger.
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        return gzip.compress(raw, compresslevel=6, mtime=0)
 
     @classmethod
     def decode(cls, body: bytes, *, route: str, generation: int) -> DoneIndex:

@@ -73,7 +73,9 @@ async def maintain_index(
                 rd,
                 policy,
                 now=now,
-                inputs=snapshot.inputs.get(route.name, []),
+                # A listing that skipped entries (an unreadable folder of a folder
+                # bucket) is not complete: nothing may be judged gone from it.
+                inputs=None if snapshot.skipped.get(route.name) else snapshot.inputs[route.name],
                 claims=snapshot.claim_objects,
                 input_prefix=route.prefix,
                 extra_done=found,
@@ -88,20 +90,22 @@ async def maintain_index(
         return
     # The rest rides on compactions: a few times an hour, not every tick.
     settings = config.watch
-    present = {
-        JobRef(r.name, o.key[len(r.prefix) :], o.etag).job_id
-        for r in config.enabled_routes()
-        for o in snapshot.inputs.get(r.name, [])
-    }
     try:
-        report.collected += await collect_orphan_claims(
-            bucket,
-            snapshot.claim_objects,
-            present,
-            route_prefixes=tuple(f"{r.name}/" for r in config.enabled_routes()),
-            now=now,
-            grace_s=settings.state_grace_seconds,
-        )
+        # An incomplete listing (skipped entries) cannot tell which claims are orphaned.
+        if not any(snapshot.skipped.values()):
+            present = {
+                JobRef(r.name, o.key[len(r.prefix) :], o.etag).job_id
+                for r in config.enabled_routes()
+                for o in snapshot.inputs.get(r.name, [])
+            }
+            report.collected += await collect_orphan_claims(
+                bucket,
+                snapshot.claim_objects,
+                present,
+                route_prefixes=tuple(f"{r.name}/" for r in config.enabled_routes()),
+                now=now,
+                grace_s=settings.state_grace_seconds,
+            )
         if settings.feed_retention_days is not None:
             await prune_feed(bucket, timedelta(days=settings.feed_retention_days), now=now)
     except BucketError as exc:
