@@ -98,17 +98,22 @@ async def take_snapshot(bucket: Bucket, config: Config, *, with_failed: bool = F
     # a finished job look new (no marker, no claim) and it was claimed and run again
     # (fenced, but the handler ran twice).
     claims_listing = await bucket.list(CLAIMS)
-    inputs_f = asyncio.gather(
-        *(bucket.list_tree(r.prefix, concurrency=settings.list_concurrency) for r in routes)
+
+    async def finished() -> tuple[DoneReading | None, Listing | None]:
+        if settings.done_index:
+            return await read_done(bucket, [r.name for r in routes]), None
+        return None, await bucket.list(DONE)
+
+    async def failed_markers() -> Listing | None:
+        return await bucket.list(FAILED) if with_failed else None
+
+    inputs, (reading, done_listing), failed = await asyncio.gather(
+        asyncio.gather(
+            *(bucket.list_tree(r.prefix, concurrency=settings.list_concurrency) for r in routes)
+        ),
+        finished(),
+        failed_markers(),
     )
-    failed_f = bucket.list(FAILED) if with_failed else None
-    if settings.done_index:
-        reading = await read_done(bucket, [r.name for r in routes])
-        done_listing = None
-    else:
-        reading, done_listing = None, await bucket.list(DONE)
-    inputs: list[Listing] = await inputs_f
-    failed = await failed_f if failed_f is not None else None
     return build_snapshot(
         {r.name: listing for r, listing in zip(routes, inputs, strict=True)},
         done=done_listing,
