@@ -121,6 +121,9 @@ def test_list_tree_lists_what_list_lists(bucket: Bucket) -> None:
     # Names that sort between a folder and its neighbours ("day-1 (copy)/" < "day-1/").
     keys += ["inputs/r/top.mp4", "inputs/r/day-1/loose.mp4", "inputs/r/day-1 (copy)/x.mp4"]
     keys += ["inputs/r/day-1.mp4"]
+    # A folder named like a neighbour plus a character below "/": SeaweedFS lists
+    # "day-1/" before "day-1-b/", byte order the other way round.
+    keys += ["inputs/r/day-1-b/y.mp4", "inputs/r/day/z.mp4"]
 
     async def scenario() -> None:
         await asyncio.gather(*(bucket.put_bytes(k, k.encode()) for k in keys))
@@ -137,6 +140,22 @@ def test_list_tree_lists_what_list_lists(bucket: Bucket) -> None:
         # A single sub-folder is descended into.
         deep = await bucket.list_tree("inputs/r/day-2/", concurrency=4)
         assert [o.key for o in deep.objects] == sorted(k for k in keys if "/day-2/" in k)
+
+    run(bucket, scenario())
+
+
+def test_list_tree_ranges_cost_what_a_sequential_scan_costs(bucket: Bucket) -> None:
+    # 10 folders of 300 keys, 5 ranges of 600 keys: each range is one page. A range
+    # that started its listing at the first folder would cost 1+2+2+3+3 pages.
+    keys = [f"inputs/r/batch-{d:03d}/clip-{i:04d}.bin" for d in range(10) for i in range(300)]
+
+    async def scenario() -> None:
+        for start in range(0, len(keys), 500):
+            await asyncio.gather(*(bucket.put_bytes(k, b"x") for k in keys[start : start + 500]))
+        whole = await bucket.list("inputs/r/")
+        tree = await bucket.list_tree("inputs/r/", concurrency=5)
+        assert [o.key for o in tree.objects] == [o.key for o in whole.objects] == keys
+        assert tree.requests <= whole.requests + 5 + 1
 
     run(bucket, scenario())
 

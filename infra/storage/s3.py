@@ -275,6 +275,12 @@ class S3Bucket(Bucket):
         (``_pages(end_before=)``). So the LIST count is that of a sequential scan
         plus at most one partial page per range and the delimiter pages, however
         many or small the folders are; a flat folder is one sequential scan.
+
+        The StartAfter is the folder prefix itself ("a/b/"): every store we know
+        lists that folder's keys after it (a cursor without the slash makes
+        SeaweedFS skip the folder). SeaweedFS orders names without their slash,
+        so "b-x/" can come after "b/" and a range may stop before one of its
+        folders: a folder of a range that yielded no key is listed on its own.
         """
         objects: list[ObjectInfo] = []
         requests = 0
@@ -295,22 +301,40 @@ class S3Bucket(Bucket):
             bounds = [*firsts[1:], None]
             ranges = await asyncio.gather(
                 *(
-                    self._pages(base, start_after=first[:-1], end_before=end)
+                    self._pages(base, start_after=first, end_before=end)
                     for first, end in zip(firsts, bounds, strict=True)
                 )
             )
             seen = {o.key for o in objects}
-            for i, pages in enumerate(ranges):
+            found: set[str] = set()  # folders that yielded keys
+
+            def take(pages: _Pages, low: str, end: str | None) -> None:
+                nonlocal requests
                 requests += pages.requests
                 times.append(pages.server_time)
-                end = bounds[i]
                 for o in pages.objects:
                     # Only keys inside this range's folders: direct objects came above.
-                    in_folder = "/" in o.key[len(base) :]
-                    inside = o.key >= firsts[i] and (end is None or o.key < end)
-                    if in_folder and inside and o.key not in seen:
+                    rest = o.key[len(base) :]
+                    inside = o.key >= low and (end is None or o.key < end)
+                    if "/" in rest and inside and o.key not in seen:
                         seen.add(o.key)
+                        found.add(base + rest.split("/", 1)[0] + "/")
                         objects.append(o)
+
+            for first, end, pages in zip(firsts, bounds, ranges, strict=True):
+                take(pages, first, end)
+            # Only where the store's order differs from byte order (see above).
+            unseen = [f for f in folders if f not in found]
+            limit = asyncio.Semaphore(concurrency)
+
+            async def alone(folder: str) -> _Pages:
+                async with limit:
+                    return await self._pages(folder)
+
+            for folder, pages in zip(
+                unseen, await asyncio.gather(*(alone(f) for f in unseen)), strict=True
+            ):
+                take(pages, folder, None)
         objects.sort(key=lambda o: o.key)
         return Listing(objects=objects, server_time=min(times), requests=requests)
 
